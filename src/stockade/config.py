@@ -1,0 +1,99 @@
+"""One typed reader for Stockade's configuration.
+
+Values come from command-line options first, then ``STOCKADE_*`` environment
+variables, then defaults. Secrets never come from here: they live in the key store.
+Unsafe values stop start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(".stockade")
+DEFAULT_ACCESS_TOKEN_MINUTES = 15
+MAX_ACCESS_TOKEN_MINUTES = 60
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or unsafe; start-up stops."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    app_db_role: str = "stockade_app"
+    issuer: str = "http://127.0.0.1:8000"
+    access_token_minutes: int = DEFAULT_ACCESS_TOKEN_MINUTES
+    refresh_token_days: int = 30
+    authorization_code_seconds: int = 60
+    browser_session_hours: int = 12
+    policy_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.access_token_minutes <= MAX_ACCESS_TOKEN_MINUTES:
+            raise ConfigError(
+                f"STOCKADE_ACCESS_TOKEN_MINUTES={self.access_token_minutes} is not allowed: "
+                f"access tokens live from 1 to {MAX_ACCESS_TOKEN_MINUTES} minutes"
+            )
+        if not 1 <= self.refresh_token_days <= 90:
+            raise ConfigError(
+                f"STOCKADE_REFRESH_TOKEN_DAYS={self.refresh_token_days} is not allowed: "
+                "use 1 to 90 days"
+            )
+        if not _ROLE_NAME.match(self.app_db_role):
+            raise ConfigError(
+                f"STOCKADE_APP_DB_ROLE={self.app_db_role!r} is not a plain lowercase role name"
+            )
+        if not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ConfigError(
+                f"STOCKADE_ISSUER={self.issuer!r} must use https outside loopback addresses"
+            )
+
+    @property
+    def audience(self) -> str:
+        """The resource identifier that access tokens are issued for (RFC 9068 ``aud``)."""
+        return self.issuer
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+
+
+def load_settings(
+    *,
+    data_dir: Path | None = None,
+    issuer: str | None = None,
+) -> Settings:
+    """Read settings from options and the environment, refusing unsafe values."""
+    env = os.environ
+    policy = env.get("STOCKADE_POLICY_FILE")
+    return Settings(
+        data_dir=data_dir or Path(env.get("STOCKADE_DATA_DIR") or DEFAULT_DATA_DIR),
+        database_url=env.get("STOCKADE_DATABASE_URL") or None,
+        app_db_role=env.get("STOCKADE_APP_DB_ROLE") or "stockade_app",
+        issuer=(issuer or env.get("STOCKADE_ISSUER") or Settings.issuer).rstrip("/"),
+        access_token_minutes=_int_env(
+            "STOCKADE_ACCESS_TOKEN_MINUTES", DEFAULT_ACCESS_TOKEN_MINUTES
+        ),
+        refresh_token_days=_int_env("STOCKADE_REFRESH_TOKEN_DAYS", 30),
+        policy_file=Path(policy) if policy else None,
+    )

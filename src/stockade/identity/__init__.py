@@ -1,0 +1,1 @@
+"""The OpenID Connect provider: sign-in, passwords, tokens and clients."""

@@ -1,0 +1,234 @@
+"""The sign-in pages: ``/login``, the tenant picker, and sign-out.
+
+Forms carry a CSRF token: the HMAC of a random cookie value under a key store key, so a
+page on another site can neither read nor forge it (signed double-submit cookie).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from stockade.access.guard import require
+from stockade.access.policy import PUBLIC
+from stockade.identity import store
+from stockade.identity.passwords import dummy_hash, verify_password
+from stockade.identity.provider import AuthorizationRequest, AuthorizationRequestError, now_utc
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+SESSION_COOKIE = "stockade_session"
+CSRF_COOKIE = "stockade_csrf"
+_HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    response = templates.TemplateResponse(request, name, context, status_code=status)
+    response.headers.update(_HTML_HEADERS)
+    return response
+
+
+def message_page(request: Request, heading: str, message: str, status: int) -> HTMLResponse:
+    return render(request, "message.html", status, heading=heading, message=message,
+                  is_error=status >= 400)
+
+
+# CSRF
+
+
+def _csrf_token(request: Request, cookie_value: str) -> str:
+    key = request.app.state.keystore.get_or_create_secret("csrf-key").reveal().encode()
+    return hmac.new(key, cookie_value.encode(), hashlib.sha256).hexdigest()
+
+
+def _csrf_cookie(request: Request) -> str:
+    return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+
+
+def _csrf_valid(request: Request, submitted: str) -> bool:
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if not cookie or not submitted:
+        return False
+    return hmac.compare_digest(_csrf_token(request, cookie), submitted)
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=request.app.state.settings.issuer.startswith("https://"),
+        path="/",
+    )
+
+
+def login_form(
+    request: Request,
+    authorization_query: str,
+    *,
+    error: str | None = None,
+    email: str = "",
+    status: int = 200,
+) -> HTMLResponse:
+    cookie = _csrf_cookie(request)
+    params = dict(parse_qsl(authorization_query))
+    client = store.find_client(request.app.state.db.app, params.get("client_id", ""))
+    response = render(
+        request,
+        "login.html",
+        status,
+        csrf_token=_csrf_token(request, cookie),
+        authorization_request=authorization_query,
+        client_name=client.name if client else None,
+        error=error,
+        email=email,
+    )
+    _set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
+    return response
+
+
+def tenant_picker(
+    request: Request, authorization_query: str, choices: list[store.TenantChoice]
+) -> HTMLResponse:
+    cookie = _csrf_cookie(request)
+    response = render(
+        request,
+        "tenant.html",
+        csrf_token=_csrf_token(request, cookie),
+        authorization_request=authorization_query,
+        choices=choices,
+    )
+    _set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
+    return response
+
+
+def current_session(request: Request) -> tuple[uuid.UUID, tuple[str, ...], Any] | None:
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw:
+        return None
+    return store.browser_session(request.app.state.db.app, raw)
+
+
+# Routes
+
+
+@router.get("/login", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+def show_login(request: Request) -> HTMLResponse:
+    return login_form(request, request.url.query)
+
+
+@router.post("/login", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+async def submit_login(request: Request) -> Response:
+    form = await request.form()
+    email = str(form.get("email", "")).strip().lower()
+    password = str(form.get("password", ""))
+    query = str(form.get("request", ""))
+    if not _csrf_valid(request, str(form.get("csrf_token", ""))):
+        return login_form(request, query, error="The form expired; please sign in again.",
+                          email=email, status=400)
+
+    state = request.app.state
+    user = store.find_user_by_email(state.db.app, email) if email else None
+    # Verify against a dummy hash for unknown e-mail addresses so both cost the same.
+    valid = verify_password(user.password_hash if user else dummy_hash(), password)
+    if user is None or not valid:
+        log.info("sign_in_failed", reason="bad_credentials")
+        return login_form(request, query, error="The e-mail address or password is incorrect.",
+                          email=email, status=401)
+
+    raw = store.create_browser_session(
+        state.db.app, user.id, ["pwd"], state.settings.browser_session_hours
+    )
+    log.info("sign_in_succeeded", user_id=str(user.id))
+    target = f"/oauth/authorize?{query}" if query else "/login/done"
+    response = RedirectResponse(target, status_code=303)
+    _set_cookie(request, response, SESSION_COOKIE, raw,
+                max_age=state.settings.browser_session_hours * 3600)
+    return response
+
+
+@router.get("/login/done", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+def signed_in(request: Request) -> HTMLResponse:
+    if current_session(request) is None:
+        return message_page(request, "Not signed in", "Your session has ended.", 401)
+    return message_page(request, "Signed in", "You are signed in to Stockade.", 200)
+
+
+@router.post("/login/tenant", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+async def choose_tenant(request: Request) -> Response:
+    form = await request.form()
+    query = str(form.get("request", ""))
+    if not _csrf_valid(request, str(form.get("csrf_token", ""))):
+        return message_page(request, "Form expired", "Please start signing in again.", 400)
+    session = current_session(request)
+    if session is None:
+        return login_form(request, query)
+    user_id, amr, authenticated_at = session
+
+    provider = request.app.state.provider
+    try:
+        authorization = provider.parse_authorization_request(dict(parse_qsl(query)))
+    except AuthorizationRequestError as exc:
+        return authorization_error(request, exc)
+    choices = store.tenant_choices(request.app.state.db.app, user_id)
+    chosen = next((c for c in choices if str(c.tenant_id) == form.get("tenant_id")), None)
+    if chosen is None:
+        return tenant_picker(request, query, choices)
+    return issue_code_redirect(request, authorization, user_id, chosen.tenant_id, amr,
+                               authenticated_at)
+
+
+@router.post("/logout", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+async def logout(request: Request) -> Response:
+    form = await request.form()
+    if not _csrf_valid(request, str(form.get("csrf_token", ""))):
+        return message_page(request, "Form expired", "Reload the page and try again.", 400)
+    raw = request.cookies.get(SESSION_COOKIE)
+    if raw:
+        store.end_browser_session(request.app.state.db.app, raw)
+    response = message_page(request, "Signed out", "You are signed out.", 200)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def issue_code_redirect(
+    request: Request,
+    authorization: AuthorizationRequest,
+    user_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    amr: tuple[str, ...],
+    authenticated_at: Any,
+) -> Response:
+    location = request.app.state.provider.issue_code(
+        authorization,
+        user_id=user_id,
+        tenant_id=tenant_id,
+        amr=amr,
+        authenticated_at=authenticated_at or now_utc(),
+    )
+    return RedirectResponse(location, status_code=303)
+
+
+def authorization_error(request: Request, exc: AuthorizationRequestError) -> Response:
+    if exc.redirect is None:
+        return message_page(request, "Sign-in request rejected", exc.description, 400)
+    return RedirectResponse(exc.redirect, status_code=303)

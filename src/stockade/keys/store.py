@@ -1,0 +1,82 @@
+"""The key store interface and the value types it hands out."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from joserfc.jwk import RSAKey
+
+SIGNING_ALGORITHM = "RS256"
+
+
+class Secret:
+    """A secret value whose ``repr`` and ``str`` never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def matches(self, candidate: str) -> bool:
+        """Compare in constant time so timing does not leak a prefix."""
+        return hmac.compare_digest(self._value.encode(), candidate.encode())
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and self.matches(other._value)
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """An asymmetric token-signing key; ``retired_at`` set means verify-only."""
+
+    kid: str
+    key: RSAKey
+    created_at: datetime
+    retired_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"SigningKey(kid={self.kid!r}, retired={self.retired_at is not None})"
+
+    def public_jwk(self) -> dict[str, object]:
+        jwk = self.key.as_dict(private=False)
+        jwk.update({"kid": self.kid, "use": "sig", "alg": SIGNING_ALGORITHM})
+        return jwk
+
+
+class KeyStore(Protocol):
+    """What every key store backend provides."""
+
+    def current_signing_key(self) -> SigningKey:
+        """Return the key new tokens are signed with, creating one on first use."""
+        ...
+
+    def signing_keys(self) -> list[SigningKey]:
+        """Return every key whose signatures still verify, the current one first."""
+        ...
+
+    def rotate_signing_key(self) -> SigningKey:
+        """Create a new current key and keep the previous one for verification."""
+        ...
+
+    def get_secret(self, name: str) -> Secret | None:
+        ...
+
+    def set_secret(self, name: str, value: Secret) -> None:
+        ...
+
+    def get_or_create_secret(self, name: str, nbytes: int = 32) -> Secret:
+        ...

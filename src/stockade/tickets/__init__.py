@@ -1,0 +1,1 @@
+"""Tickets: the example tenant-owned resource."""

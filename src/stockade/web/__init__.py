@@ -1,0 +1,1 @@
+"""The web application: routers, error handling, and the console pages."""

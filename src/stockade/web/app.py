@@ -1,0 +1,186 @@
+"""Assemble the FastAPI application and refuse to start with an undeclared route."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stockade.access.guard import declared_permissions, require
+from stockade.access.policy import AUTHENTICATED, PUBLIC, Policy
+from stockade.errors import OAuthError, Problem, Unprocessable
+from stockade.identity import routes as oauth_routes
+from stockade.identity import signin
+from stockade.identity.bearer import BearerAuthenticator
+from stockade.identity.provider import Provider
+from stockade.identity.tokens import TokenService
+from stockade.runtime import Runtime
+from stockade.tickets import routes as ticket_routes
+
+log = structlog.get_logger(__name__)
+
+
+class UndeclaredRouteError(RuntimeError):
+    """A route declares no permission; deny by default means the app does not start."""
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="Stockade",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    tokens = TokenService(runtime.settings, runtime.keystore)
+    app.state.settings = runtime.settings
+    app.state.keystore = runtime.keystore
+    app.state.db = runtime.db
+    app.state.policy = runtime.policy
+    app.state.tokens = tokens
+    app.state.provider = Provider(runtime.settings, runtime.db, tokens)
+    app.state.authenticator = BearerAuthenticator(tokens)
+
+    app.include_router(oauth_routes.router)
+    app.include_router(signin.router)
+    app.include_router(ticket_routes.router)
+    _add_meta_routes(app)
+    _add_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware)
+    check_routes(app, runtime.policy)
+    return app
+
+
+def check_routes(app: FastAPI, policy: Policy) -> None:
+    """Raise unless every route declares exactly one known permission."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            raise UndeclaredRouteError(f"route {route!r} is not an API route with a permission")
+        declared = declared_permissions(route)
+        where = f"{sorted(route.methods)} {route.path}"
+        if len(declared) != 1:
+            raise UndeclaredRouteError(f"route {where} declares {len(declared)} permissions, not 1")
+        permission = declared[0]
+        if permission not in policy.permissions | {PUBLIC, AUTHENTICATED}:
+            raise UndeclaredRouteError(f"route {where} needs unknown permission {permission!r}")
+
+
+def _add_meta_routes(app: FastAPI) -> None:
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[require(PUBLIC)])
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/health", include_in_schema=False, dependencies=[require(PUBLIC)])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False,
+             dependencies=[require(PUBLIC)])
+    def home(request: Request) -> HTMLResponse:
+        return signin.message_page(
+            request,
+            "Stockade",
+            "This server is an OpenID Connect provider and a multi-tenant API. Discovery: "
+            "/.well-known/openid-configuration. API: /api/v1/tickets.",
+            200,
+        )
+
+
+def _is_oauth(request: Request) -> bool:
+    return request.url.path.startswith("/oauth/")
+
+
+def _problem_response(request: Request, problem: Problem) -> JSONResponse:
+    return JSONResponse(
+        problem.body(request.url.path),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type="application/problem+json",
+    )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> JSONResponse:
+        if _is_oauth(request) and exc.status == 401:
+            return JSONResponse({"error": "invalid_token", "error_description": exc.detail},
+                                status_code=401, headers=exc.headers)
+        return _problem_response(request, exc)
+
+    @app.exception_handler(OAuthError)
+    async def on_oauth_error(request: Request, exc: OAuthError) -> JSONResponse:
+        headers = {"Cache-Control": "no-store", **exc.headers}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if _is_oauth(request):
+            return await on_oauth_error(request, OAuthError("invalid_request", "malformed request"))
+        errors = [
+            {"location": [str(part) for part in error["loc"]], "message": error["msg"]}
+            for error in exc.errors()
+        ]
+        return _problem_response(request, Unprocessable("the request is not valid", errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if _is_oauth(request):
+            return await on_oauth_error(
+                request, OAuthError("invalid_request", str(exc.detail), status=exc.status_code)
+            )
+        problem = Problem(str(exc.detail), headers=dict(exc.headers or {}))
+        problem.status = exc.status_code
+        problem.code = "http-error"
+        problem.title = str(exc.detail)
+        return _problem_response(request, problem)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        if _is_oauth(request):
+            return JSONResponse({"error": "server_error", "error_description": "internal error"},
+                                status_code=500)
+        return _problem_response(request, Problem("an internal error occurred; see the server log"))
+
+
+class RequestLogMiddleware:
+    """Bind a request id for every log line and log one line per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
