@@ -59,9 +59,26 @@ def create_app(runtime: Runtime) -> FastAPI:
     return app
 
 
+def api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Flatten the app's routes, looking inside included routers.
+
+    FastAPI 0.165 keeps an included router as one wrapper route whose
+    ``original_router`` holds the routes; older versions copy them into the app.
+    Anything that is neither is returned as is, so the check below rejects it.
+    """
+    flat: list[Any] = []
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            flat.extend(api_routes(included.routes))
+        else:
+            flat.append(route)
+    return flat
+
+
 def check_routes(app: FastAPI, policy: Policy) -> None:
     """Raise unless every route declares exactly one known permission."""
-    for route in app.routes:
+    for route in api_routes(app.routes):
         if not isinstance(route, APIRoute):
             raise UndeclaredRouteError(f"route {route!r} is not an API route with a permission")
         declared = declared_permissions(route)
