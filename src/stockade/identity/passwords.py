@@ -20,6 +20,9 @@ HISTORY_DEPTH = 5
 # RFC 9106 section 4, second recommended option (64 MiB, 3 passes, 4 lanes).
 _hasher = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4, type=Type.ID)
 _SUFFIX = re.compile(r"[\d\W_]+$")
+# Runs along a keyboard or the alphabet ("qwertyuiopasdf", "abcdefghijklm").
+_SEQUENCES = ("qwertyuiopasdfghjklzxcvbnm", "azertyuiopqsdfghjklmwxcvbn",
+              "abcdefghijklmnopqrstuvwxyz", "01234567890")
 
 
 class PasswordRejected(ValueError):
@@ -71,6 +74,9 @@ def is_common(password: str, *, email: str = "") -> bool:
     for size in range(1, 7):
         if len(lowered) % size == 0 and lowered == lowered[:size] * (len(lowered) // size):
             return True
+    stem = _SUFFIX.sub("", lowered)
+    if len(stem) >= 6 and any(stem in run or stem in run[::-1] for run in _SEQUENCES):
+        return True
     local_part = email.split("@", 1)[0].lower()
     if local_part and len(local_part) >= 4 and local_part in lowered:
         return True

@@ -1,0 +1,92 @@
+"""Deny by default: every route declares a permission, and the app refuses one that does not."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from stockade.access.guard import declared_permissions
+from stockade.access.policy import AUTHENTICATED, PUBLIC
+from stockade.runtime import Runtime
+from stockade.web.app import UndeclaredRouteError, api_routes, check_routes
+
+# Routes that answer without a token, and why.
+EXPECTED_PUBLIC = {
+    "/.well-known/openid-configuration",  # discovery
+    "/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/jwks",  # the protocol
+    "/login", "/login/done", "/login/tenant", "/logout",  # sign-in pages
+    "/openapi.json", "/health", "/",
+}
+
+
+def test_every_route_declares_one_permission(app: FastAPI, runtime: Runtime) -> None:
+    routes = api_routes(app.routes)
+    assert len(routes) >= 15
+    for route in routes:
+        assert isinstance(route, APIRoute), route
+        declared = declared_permissions(route)
+        assert len(declared) == 1, route.path
+        assert declared[0] in runtime.policy.permissions | {PUBLIC, AUTHENTICATED}, route.path
+
+
+def test_only_expected_routes_are_public(app: FastAPI) -> None:
+    public = {
+        route.path for route in api_routes(app.routes) if declared_permissions(route) == [PUBLIC]
+    }
+    assert public == EXPECTED_PUBLIC
+
+
+def test_protected_routes_refuse_anonymous_calls(app: FastAPI, client: TestClient) -> None:
+    checked = 0
+    for route in api_routes(app.routes):
+        if declared_permissions(route) == [PUBLIC]:
+            continue
+        path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", route.path)
+        for method in route.methods:
+            response = client.request(method, path)
+            assert response.status_code == 401, f"{method} {path}"
+            assert "WWW-Authenticate" in response.headers, f"{method} {path}"
+            checked += 1
+    assert checked >= 6
+
+
+def test_route_without_permission_stops_start(app: FastAPI, runtime: Runtime) -> None:
+    extra = APIRouter()
+
+    @extra.get("/api/v1/undeclared")
+    def undeclared() -> dict[str, str]:
+        return {}
+
+    probe = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    probe.include_router(extra)
+    with pytest.raises(UndeclaredRouteError, match="declares 0 permissions"):
+        check_routes(probe, runtime.policy)
+
+
+def test_unknown_permission_stops_start(runtime: Runtime) -> None:
+    from stockade.access.guard import require
+
+    probe = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @probe.get("/api/v1/typo", dependencies=[require("tickets:reed")])
+    def typo() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(UndeclaredRouteError, match="unknown permission"):
+        check_routes(probe, runtime.policy)
+
+
+def test_unknown_path_is_problem_json(client: TestClient) -> None:
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 404
+
+
+def test_framework_docs_route_stops_start(runtime: Runtime) -> None:
+    with pytest.raises(UndeclaredRouteError, match="not an API route"):
+        check_routes(FastAPI(), runtime.policy)
