@@ -111,7 +111,9 @@ class Factory:
         return admin.create_tenant(self.runtime.db.owner, name), name
 
     def member(
-        self, tenant: tuple[uuid.UUID, str] | None = None, roles: tuple[str, ...] = ("viewer",),
+        self,
+        tenant: tuple[uuid.UUID, str] | None = None,
+        roles: tuple[str, ...] = ("viewer",),
         email: str | None = None,
     ) -> Member:
         tenant_id, name = tenant or self.tenant()
@@ -126,8 +128,10 @@ class Factory:
                 )
             for role in roles:
                 conn.execute(
-                    text("insert into memberships (tenant_id, user_id, role)"
-                         " values (:t, :u, :r) on conflict do nothing"),
+                    text(
+                        "insert into memberships (tenant_id, user_id, role)"
+                        " values (:t, :u, :r) on conflict do nothing"
+                    ),
                     {"t": tenant_id, "u": user_id, "r": role},
                 )
         return Member(user_id, email, tenant_id, name, roles)
@@ -150,8 +154,10 @@ class Factory:
     def ticket(self, member: Member, title: str = "a ticket") -> dict[str, object]:
         with self.runtime.db.owner.begin() as conn:
             row = conn.execute(
-                text("insert into tickets (tenant_id, title, body) values (:t, :title, 'body')"
-                     " returning id, title"),
+                text(
+                    "insert into tickets (tenant_id, title, body) values (:t, :title, 'body')"
+                    " returning id, title"
+                ),
                 {"t": member.tenant_id, "title": title},
             ).one()
         return {"id": str(row[0]), "title": row[1]}
@@ -170,3 +176,11 @@ def bearer(token: str) -> dict[str, str]:
 def http(live_server: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_server, timeout=30) as session:
         yield session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logs() -> None:
+    # Plain tracebacks without local variables, as in production.
+    from stockade.audit.logs import configure_logging
+
+    configure_logging(json=False)

@@ -45,8 +45,10 @@ def test_plain_http_issuer_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         ("permissions = 'x'\n[roles]\na = []", "list of strings"),
         ("permissions = ['a:b']\n[roles]\nviewer = ['c:d']", "unknown"),
         ("permissions = ['nocolon']\n[roles]\nviewer = []", "resource:action"),
-        ("permissions = ['a:b']\nprivileged_roles = ['ghost']\n[roles]\nv = ['a:b']",
-         "privileged_roles"),
+        (
+            "permissions = ['a:b']\nprivileged_roles = ['ghost']\n[roles]\nv = ['a:b']",
+            "privileged_roles",
+        ),
         ("not toml at all [", "not valid TOML"),
     ],
 )

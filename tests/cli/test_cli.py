@@ -16,8 +16,9 @@ from stockade.runtime import Runtime
 STOCKADE = str(Path(sys.executable).with_name("stockade"))
 
 
-def run(settings: Settings, *args: str, stdin: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    settings: Settings, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own entry point with fixed arguments
         [STOCKADE, *args, "--data-dir", str(settings.data_dir)],
         input=stdin,
@@ -66,8 +67,18 @@ def test_user_create_then_second_tenant(settings: Settings, tenant_name: str) ->
     other = f"cli-{uuid.uuid4().hex[:10]}"
     assert run(settings, "tenant", "create", other).returncode == 0
 
-    first = run(settings, "user", "create", email, "--tenant", tenant_name, "--role", "viewer",
-                "--password-stdin", stdin="marble orchard falcon 42\n")
+    first = run(
+        settings,
+        "user",
+        "create",
+        email,
+        "--tenant",
+        tenant_name,
+        "--role",
+        "viewer",
+        "--password-stdin",
+        stdin="marble orchard falcon 42\n",
+    )
     second = run(settings, "user", "create", email, "--tenant", other, "--role", "admin")
 
     assert first.returncode == 0, first.stderr
@@ -84,35 +95,70 @@ def test_user_create_bad_input_is_one_line(settings: Settings, tenant_name: str)
         (["--tenant", tenant_name, "--role", "viewer"], "give a password"),
     ]
     for options, fragment in cases:
-        result = run(settings, "user", "create", email, *options, stdin="marble orchard falcon 42\n")
+        result = run(
+            settings, "user", "create", email, *options, stdin="marble orchard falcon 42\n"
+        )
         assert_one_line_error(result, fragment)
 
 
 def test_weak_password_is_refused_unechoed(settings: Settings, tenant_name: str) -> None:
     email = f"cli-{uuid.uuid4().hex[:8]}@example.test"
-    result = run(settings, "user", "create", email, "--tenant", tenant_name, "--role", "viewer",
-                 "--password-stdin", stdin="password1234\n")
+    result = run(
+        settings,
+        "user",
+        "create",
+        email,
+        "--tenant",
+        tenant_name,
+        "--role",
+        "viewer",
+        "--password-stdin",
+        stdin="password1234\n",
+    )
     assert_one_line_error(result, "too common")
     assert "password1234" not in result.stderr + result.stdout
 
 
 def test_invalid_email_is_one_line(settings: Settings, tenant_name: str) -> None:
-    result = run(settings, "user", "create", "not-an-email", "--tenant", tenant_name,
-                 "--role", "viewer", "--password-stdin", stdin="marble orchard falcon 42\n")
+    result = run(
+        settings,
+        "user",
+        "create",
+        "not-an-email",
+        "--tenant",
+        tenant_name,
+        "--role",
+        "viewer",
+        "--password-stdin",
+        stdin="marble orchard falcon 42\n",
+    )
     assert_one_line_error(result, "invalid e-mail")
 
 
 def test_confidential_client_secret_printed_once(settings: Settings, runtime: Runtime) -> None:
-    result = run(settings, "client", "create", "Back office",
-                 "--redirect-uri", "https://app.example.test/callback")
+    result = run(
+        settings,
+        "client",
+        "create",
+        "Back office",
+        "--redirect-uri",
+        "https://app.example.test/callback",
+    )
     assert result.returncode == 0, result.stderr
     assert "client_id: " in result.stdout
     assert "client_secret: " in result.stdout
 
 
 def test_public_client_has_no_secret(settings: Settings, runtime: Runtime) -> None:
-    result = run(settings, "client", "create", "SPA", "--public",
-                 "--redirect-uri", "http://127.0.0.1:5173/callback")
+    result = run(
+        settings,
+        "client",
+        "create",
+        "SPA",
+        "--public",
+        "--redirect-uri",
+        "http://127.0.0.1:5173/callback",
+    )
     assert result.returncode == 0, result.stderr
     assert "client_secret" not in result.stdout
 
@@ -140,8 +186,11 @@ def test_demo_seeds_once(settings: Settings, runtime: Runtime) -> None:
         return  # an external database may hold the demo from an earlier run
     assert "admin@acme.example" in first.stdout
 
-    printed = [line.split()[1] for line in first.stdout.splitlines()
-               if line.startswith("  ") and "@" in line]
+    printed = [
+        line.split()[1]
+        for line in first.stdout.splitlines()
+        if line.startswith("  ") and "@" in line
+    ]
     assert len(printed) == 11
     # The demo passwords exist only in that output: not in the data folder, not on disk here.
     for path in [*settings.data_dir.rglob("*"), *Path.cwd().rglob("*.txt")]:

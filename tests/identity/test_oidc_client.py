@@ -73,7 +73,10 @@ def authlib_session(client_id: str, **kwargs: object) -> OAuth2Session:
 
 
 def sign_in_with_authlib(
-    live_server: str, client_id: str, email: str, tenant_name: str | None = None,
+    live_server: str,
+    client_id: str,
+    email: str,
+    tenant_name: str | None = None,
     **session_options: object,
 ) -> tuple[OAuth2Session, dict[str, object], str]:
     session = authlib_session(client_id, **session_options)
@@ -96,7 +99,7 @@ def test_pkce_sign_in_reads_own_tenant_only(live_server: str, factory: Factory) 
     theirs = factory.ticket(other, "theirs")
     registered = factory.client(REDIRECT_URI, public=True)
 
-    session, token, nonce = sign_in_with_authlib(
+    session, token, _ = sign_in_with_authlib(
         live_server, registered.client_id, member.email, token_endpoint_auth_method="none"
     )
 
@@ -135,8 +138,11 @@ def test_confidential_client_basic_auth_and_refresh(live_server: str, factory: F
     assert registered.client_secret
 
     session, token, _ = sign_in_with_authlib(
-        live_server, registered.client_id, member.email,
-        client_secret=registered.client_secret, token_endpoint_auth_method="client_secret_basic",
+        live_server,
+        registered.client_id,
+        member.email,
+        client_secret=registered.client_secret,
+        token_endpoint_auth_method="client_secret_basic",
     )
     refreshed = session.refresh_token(f"{live_server}/oauth/token")
 
@@ -152,7 +158,10 @@ def test_tenant_picker_issues_token_for_chosen_tenant(live_server: str, factory:
     registered = factory.client(REDIRECT_URI, public=True)
 
     _, token, _ = sign_in_with_authlib(
-        live_server, registered.client_id, first.email, tenant_name=second.tenant,
+        live_server,
+        registered.client_id,
+        first.email,
+        tenant_name=second.tenant,
         token_endpoint_auth_method="none",
     )
 
@@ -178,7 +187,9 @@ def test_redirect_carries_state_and_issuer(live_server: str, factory: Factory) -
 
 
 @pytest.mark.parametrize("password", ["wrong-password-123", ""])
-def test_wrong_password_gets_generic_error(live_server: str, factory: Factory, password: str) -> None:
+def test_wrong_password_gets_generic_error(
+    live_server: str, factory: Factory, password: str
+) -> None:
     member = factory.member()
     registered = factory.client(REDIRECT_URI, public=True)
     url, _ = authlib_session(registered.client_id).create_authorization_url(
@@ -186,14 +197,24 @@ def test_wrong_password_gets_generic_error(live_server: str, factory: Factory, p
     )
     with httpx.Client(base_url=live_server, timeout=30) as browser:
         page = browser.get(url)
-        known = browser.post("/login", data={
-            "email": member.email, "password": password,
-            "csrf_token": _hidden(page.text, "csrf_token"), "request": _hidden(page.text, "request"),
-        })
-        unknown = browser.post("/login", data={
-            "email": "nobody-" + member.email, "password": password,
-            "csrf_token": _hidden(page.text, "csrf_token"), "request": _hidden(page.text, "request"),
-        })
+        known = browser.post(
+            "/login",
+            data={
+                "email": member.email,
+                "password": password,
+                "csrf_token": _hidden(page.text, "csrf_token"),
+                "request": _hidden(page.text, "request"),
+            },
+        )
+        unknown = browser.post(
+            "/login",
+            data={
+                "email": "nobody-" + member.email,
+                "password": password,
+                "csrf_token": _hidden(page.text, "csrf_token"),
+                "request": _hidden(page.text, "request"),
+            },
+        )
     assert known.status_code == unknown.status_code == 401
     assert "e-mail address or password is incorrect" in known.text
     assert "e-mail address or password is incorrect" in unknown.text

@@ -11,8 +11,9 @@ def test_contributor_creates_reads_changes_deletes(client: TestClient, factory: 
     member = factory.member(roles=("contributor",))
     headers = bearer(factory.token(member))
 
-    created = client.post("/api/v1/tickets", json={"title": "Printer on fire", "body": "Help"},
-                          headers=headers)
+    created = client.post(
+        "/api/v1/tickets", json={"title": "Printer on fire", "body": "Help"}, headers=headers
+    )
     assert created.status_code == 201
     ticket = created.json()
     assert ticket["status"] == "open"
@@ -50,7 +51,9 @@ def test_viewer_cannot_write(client: TestClient, factory: Factory) -> None:
     assert created.status_code == 403
     assert created.headers["content-type"] == "application/problem+json"
     assert changed.status_code == 403
-    assert client.get(f"/api/v1/tickets/{ticket['id']}", headers=headers).json()["title"] == "a ticket"
+    assert (
+        client.get(f"/api/v1/tickets/{ticket['id']}", headers=headers).json()["title"] == "a ticket"
+    )
 
 
 def test_billing_admin_cannot_read_tickets(client: TestClient, factory: Factory) -> None:

@@ -17,9 +17,17 @@ from stockade.web.app import UndeclaredRouteError, api_routes, check_routes
 # Routes that answer without a token, and why.
 EXPECTED_PUBLIC = {
     "/.well-known/openid-configuration",  # discovery
-    "/oauth/authorize", "/oauth/token", "/oauth/revoke", "/oauth/jwks",  # the protocol
-    "/login", "/login/done", "/login/tenant", "/logout",  # sign-in pages
-    "/openapi.json", "/health", "/",
+    "/oauth/authorize",
+    "/oauth/token",
+    "/oauth/revoke",
+    "/oauth/jwks",  # the protocol
+    "/login",
+    "/login/done",
+    "/login/tenant",
+    "/logout",  # sign-in pages
+    "/openapi.json",
+    "/health",
+    "/",
 }
 
 

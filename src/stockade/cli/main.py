@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from stockade.access.policy import PolicyError
-from stockade.config import ConfigError, Settings, load_settings
+from stockade.config import ConfigError, load_settings
 from stockade.identity import admin
 from stockade.identity.passwords import PasswordRejected
 from stockade.keys.local import KeyStoreError
@@ -27,12 +27,13 @@ app.add_typer(client_app, name="client")
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Folder for the database and keys [env STOCKADE_DATA_DIR; "
-                 "default ./.stockade]"),
+    typer.Option(
+        "--data-dir",
+        help="Folder for the database and keys [env STOCKADE_DATA_DIR; default ./.stockade]",
+    ),
 ]
 F = TypeVar("F", bound=Callable[..., Any])
-_EXPECTED = (admin.AdminError, ConfigError, PolicyError, PasswordRejected,
-             KeyStoreError)
+_EXPECTED = (admin.AdminError, ConfigError, PolicyError, PasswordRejected, KeyStoreError)
 
 
 def fail(message: str) -> typer.Exit:
@@ -127,7 +128,11 @@ def user_create(
     runtime = _runtime(data_dir)
     try:
         user_id, created = admin.add_user(
-            runtime.db.owner, runtime.policy, email=email, tenant=tenant, role=role,
+            runtime.db.owner,
+            runtime.policy,
+            email=email,
+            tenant=tenant,
+            role=role,
             password=password,
         )
     finally:

@@ -45,14 +45,21 @@ def seed_demo(runtime: Runtime, say: Callable[[str], None]) -> bool:
         for role in sorted(runtime.policy.roles):
             email = f"{role}@{tenant}.example"
             password = secrets.token_urlsafe(12)
-            admin.add_user(owner, runtime.policy, email=email, tenant=tenant, role=role,
-                           password=password)
+            admin.add_user(
+                owner, runtime.policy, email=email, tenant=tenant, role=role, password=password
+            )
             say(f"  {email:<28} {password}")
     # One user in both tenants, to show the tenant picker.
     password = secrets.token_urlsafe(12)
     for tenant in DEMO_TENANTS:
-        admin.add_user(owner, runtime.policy, email="pat@example.com", tenant=tenant,
-                       role="contributor", password=password if tenant == "acme" else None)
+        admin.add_user(
+            owner,
+            runtime.policy,
+            email="pat@example.com",
+            tenant=tenant,
+            role="contributor",
+            password=password if tenant == "acme" else None,
+        )
     say(f"  {'pat@example.com':<28} {password}  (contributor in both tenants)")
 
     client = admin.create_client(owner, "Demo app", [DEMO_REDIRECT_URI], public=True)

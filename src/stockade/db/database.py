@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 _EMBEDDED_OWNER = "stockade_owner"
 _EMBEDDED_DATABASE = "stockade"
-_APP_PASSWORD_SECRET = "database-app-password"
+_APP_PASSWORD_SECRET = "database-app-password"  # noqa: S105 - a key store name
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every Stockade process.
 _MIGRATION_LOCK = 7_305_117_451
@@ -106,7 +106,9 @@ def _connect(url: URL) -> psycopg.Connection[Any]:
 def _prepare_embedded(superuser_url: URL, app_role: str, app_password: str) -> None:
     """Create the owner role, the database and its extensions on the embedded server."""
     with _connect(superuser_url) as conn:
-        if not conn.execute("select 1 from pg_roles where rolname = %s", [_EMBEDDED_OWNER]).fetchone():
+        if not conn.execute(
+            "select 1 from pg_roles where rolname = %s", [_EMBEDDED_OWNER]
+        ).fetchone():
             conn.execute(sql.SQL("create role {} login").format(sql.Identifier(_EMBEDDED_OWNER)))
         exists = conn.execute(
             "select 1 from pg_database where datname = %s", [_EMBEDDED_DATABASE]
@@ -125,16 +127,13 @@ def _prepare_embedded(superuser_url: URL, app_role: str, app_password: str) -> N
 
 def _ensure_app_role(url: URL, role: str, password: str) -> None:
     statement = (
-        "create role {} login password {} nosuperuser nobypassrls nocreatedb "
-        "nocreaterole noinherit"
+        "create role {} login password {} nosuperuser nobypassrls nocreatedb nocreaterole noinherit"
     )
     try:
         with _connect(url) as conn:
             found = conn.execute("select 1 from pg_roles where rolname = %s", [role]).fetchone()
             if not found:
-                conn.execute(
-                    sql.SQL(statement).format(sql.Identifier(role), sql.Literal(password))
-                )
+                conn.execute(sql.SQL(statement).format(sql.Identifier(role), sql.Literal(password)))
                 log.info("database_role_created", role=role)
             else:
                 conn.execute(
@@ -148,7 +147,9 @@ def _ensure_app_role(url: URL, role: str, password: str) -> None:
             "grant it CREATEROLE, or create the role yourself"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise ConfigError(f"cannot connect to PostgreSQL: {exc.sqlstate or 'connection failed'}") from exc
+        raise ConfigError(
+            f"cannot connect to PostgreSQL: {exc.sqlstate or 'connection failed'}"
+        ) from exc
 
 
 def _check_app_role(app: Engine) -> None:

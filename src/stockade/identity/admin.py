@@ -58,7 +58,9 @@ def create_tenant(owner: Engine, name: str, plan: str = "free") -> uuid.UUID:
 
 def tenant_id_by_name(owner: Engine, name: str) -> uuid.UUID:
     with owner.begin() as conn:
-        row = conn.execute(text("select id from tenants where name = :name"), {"name": name}).first()
+        row = conn.execute(
+            text("select id from tenants where name = :name"), {"name": name}
+        ).first()
     if row is None:
         raise AdminError(f"tenant {name!r} not found; create it with 'stockade tenant create'")
     return row[0]
@@ -87,7 +89,9 @@ def add_user(
     tenant_id = tenant_id_by_name(owner, tenant)
 
     with owner.begin() as conn:
-        row = conn.execute(text("select id from users where email = :email"), {"email": email}).first()
+        row = conn.execute(
+            text("select id from users where email = :email"), {"email": email}
+        ).first()
         created = row is None
         if created:
             if password is None:
@@ -115,7 +119,9 @@ def add_user(
 def set_password(owner: Engine, email: str, password: str) -> None:
     email = email.strip().lower()
     with owner.begin() as conn:
-        row = conn.execute(text("select id from users where email = :email"), {"email": email}).first()
+        row = conn.execute(
+            text("select id from users where email = :email"), {"email": email}
+        ).first()
         if row is None:
             raise AdminError(f"user {email} not found")
         _change_password(conn, row[0], email, password)
@@ -126,13 +132,17 @@ def _change_password(conn: object, user_id: uuid.UUID, email: str, password: str
     current = conn.execute(  # type: ignore[attr-defined]
         text("select password_hash from users where id = :id"), {"id": user_id}
     ).scalar_one()
-    history = conn.execute(  # type: ignore[attr-defined]
-        text(
-            "select password_hash from password_history where user_id = :id"
-            " order by retired_at desc, id desc limit :depth"
-        ),
-        {"id": user_id, "depth": HISTORY_DEPTH - 1},
-    ).scalars().all()
+    history = (
+        conn.execute(  # type: ignore[attr-defined]
+            text(
+                "select password_hash from password_history where user_id = :id"
+                " order by retired_at desc, id desc limit :depth"
+            ),
+            {"id": user_id, "depth": HISTORY_DEPTH - 1},
+        )
+        .scalars()
+        .all()
+    )
     check_new_password(password, email=email, previous_hashes=[current, *history])
     conn.execute(  # type: ignore[attr-defined]
         text("insert into password_history (user_id, password_hash) values (:id, :hash)"),
@@ -184,6 +194,4 @@ def _check_redirect_uri(uri: str) -> None:
         raise AdminError(f"redirect URI {uri!r} must not contain a fragment")
     loopback = re.match(r"^http://(127\.0\.0\.1|\[::1\]|localhost)(:\d+)?(/|$)", uri)
     if not (uri.startswith("https://") or loopback):
-        raise AdminError(
-            f"redirect URI {uri!r} must use https, or http on a loopback address"
-        )
+        raise AdminError(f"redirect URI {uri!r} must use https, or http on a loopback address")

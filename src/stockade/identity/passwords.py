@@ -21,8 +21,12 @@ HISTORY_DEPTH = 5
 _hasher = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4, type=Type.ID)
 _SUFFIX = re.compile(r"[\d\W_]+$")
 # Runs along a keyboard or the alphabet ("qwertyuiopasdf", "abcdefghijklm").
-_SEQUENCES = ("qwertyuiopasdfghjklzxcvbnm", "azertyuiopqsdfghjklmwxcvbn",
-              "abcdefghijklmnopqrstuvwxyz", "01234567890")
+_SEQUENCES = (
+    "qwertyuiopasdfghjklzxcvbnm",
+    "azertyuiopqsdfghjklmwxcvbn",
+    "abcdefghijklmnopqrstuvwxyz",
+    "01234567890",
+)
 
 
 class PasswordRejected(ValueError):

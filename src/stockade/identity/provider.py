@@ -104,8 +104,11 @@ class Provider:
 
         def fail(error: str, description: str) -> AuthorizationRequestError:
             return AuthorizationRequestError(
-                error, description, self._redirect(redirect_uri, error=error, state=state,
-                                                   error_description=description)
+                error,
+                description,
+                self._redirect(
+                    redirect_uri, error=error, state=state, error_description=description
+                ),
             )
 
         if params.get("response_type") != "code":
@@ -227,7 +230,9 @@ class Provider:
                     store.revoke_family(conn, family[0])
                     reused = grant is None
         if reused:
-            log.warning("refresh_token_reused", tenant_id=str(tenant_id), client_id=client.client_id)
+            log.warning(
+                "refresh_token_reused", tenant_id=str(tenant_id), client_id=client.client_id
+            )
             raise OAuthError(
                 "invalid_grant", "the refresh token was already used; its token family is revoked"
             )
@@ -281,8 +286,12 @@ class Provider:
                 tenant_id=grant.tenant_id,
                 email=user.email if "email" in grant.scope.split() else None,
             )
-        log.info("tokens_issued", tenant_id=str(grant.tenant_id), client_id=grant.client_id,
-                 family_id=str(grant.family_id))
+        log.info(
+            "tokens_issued",
+            tenant_id=str(grant.tenant_id),
+            client_id=grant.client_id,
+            family_id=str(grant.family_id),
+        )
         return response
 
     # Revocation endpoint
@@ -294,8 +303,8 @@ class Provider:
             # NOTE: revoking one needs a denylist consulted on every request; until that
             # exists, RFC 7009 section 2.2.1 lets the server say so.
             raise OAuthError(
-                "unsupported_token_type", "access tokens expire on their own; revoke the "
-                "refresh token to end the session"
+                "unsupported_token_type",
+                "access tokens expire on their own; revoke the refresh token to end the session",
             )
         tenant_id = store.tenant_of_token(token)
         if tenant_id is None:

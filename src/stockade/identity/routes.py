@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from stockade.access.guard import Principal, require
 from stockade.access.policy import AUTHENTICATED, PUBLIC
@@ -45,12 +45,30 @@ def discovery(request: Request) -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": sorted(SUPPORTED_SCOPES),
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr",
-                             "email", "tenant_id"],
+        "claims_supported": [
+            "sub",
+            "iss",
+            "aud",
+            "exp",
+            "iat",
+            "auth_time",
+            "nonce",
+            "amr",
+            "email",
+            "tenant_id",
+        ],
         "authorization_response_iss_parameter_supported": True,
     }
 
@@ -67,24 +85,39 @@ def authorize(request: Request) -> Response:
     session = None if authorization.prompt == "login" else current_session(request)
     if session is None:
         if authorization.prompt == "none":
-            return authorization_error(request, _redirect_error(
-                provider, authorization, "login_required", "the user is not signed in"))
+            return authorization_error(
+                request,
+                _redirect_error(
+                    provider, authorization, "login_required", "the user is not signed in"
+                ),
+            )
         return login_form(request, query)
 
     user_id, amr, authenticated_at = session
     choices = store.tenant_choices(request.app.state.db.app, user_id)
     if not choices:
-        return authorization_error(request, _redirect_error(
-            provider, authorization, "access_denied", "the account belongs to no tenant"))
+        return authorization_error(
+            request,
+            _redirect_error(
+                provider, authorization, "access_denied", "the account belongs to no tenant"
+            ),
+        )
     if len(choices) > 1 or authorization.prompt == "select_account":
         return tenant_picker(request, query, choices)
-    return issue_code_redirect(request, authorization, user_id, choices[0].tenant_id, amr,
-                               authenticated_at)
+    return issue_code_redirect(
+        request, authorization, user_id, choices[0].tenant_id, amr, authenticated_at
+    )
 
 
-def _redirect_error(provider: Any, authorization: Any, error: str, description: str) -> AuthorizationRequestError:
-    location = provider._redirect(authorization.redirect_uri, error=error,
-                                  error_description=description, state=authorization.state)
+def _redirect_error(
+    provider: Any, authorization: Any, error: str, description: str
+) -> AuthorizationRequestError:
+    location = provider._redirect(
+        authorization.redirect_uri,
+        error=error,
+        error_description=description,
+        state=authorization.state,
+    )
     return AuthorizationRequestError(error, description, location)
 
 
@@ -99,8 +132,9 @@ async def token(request: Request) -> JSONResponse:
     elif grant_type == "refresh_token":
         body = provider.refresh(form, client)
     else:
-        raise OAuthError("unsupported_grant_type",
-                         "grant_type must be authorization_code or refresh_token")
+        raise OAuthError(
+            "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
+        )
     return JSONResponse(body, headers=_NO_STORE)
 
 
@@ -117,8 +151,9 @@ async def revoke(request: Request) -> Response:
 
 @router.get("/oauth/jwks", dependencies=[require(PUBLIC)])
 def jwks(request: Request) -> JSONResponse:
-    return JSONResponse(request.app.state.tokens.jwks(),
-                        headers={"Cache-Control": "public, max-age=300"})
+    return JSONResponse(
+        request.app.state.tokens.jwks(), headers={"Cache-Control": "public, max-age=300"}
+    )
 
 
 @router.api_route("/oauth/userinfo", methods=["GET", "POST"])

@@ -32,7 +32,9 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 SESSION_COOKIE = "stockade_session"
 CSRF_COOKIE = "stockade_csrf"
 _HTML_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+    ),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -46,8 +48,9 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 
 
 def message_page(request: Request, heading: str, message: str, status: int) -> HTMLResponse:
-    return render(request, "message.html", status, heading=heading, message=message,
-                  is_error=status >= 400)
+    return render(
+        request, "message.html", status, heading=heading, message=message, is_error=status >= 400
+    )
 
 
 # CSRF
@@ -143,8 +146,9 @@ async def submit_login(request: Request) -> Response:
     password = str(form.get("password", ""))
     query = str(form.get("request", ""))
     if not _csrf_valid(request, str(form.get("csrf_token", ""))):
-        return login_form(request, query, error="The form expired; please sign in again.",
-                          email=email, status=400)
+        return login_form(
+            request, query, error="The form expired; please sign in again.", email=email, status=400
+        )
 
     state = request.app.state
     user = store.find_user_by_email(state.db.app, email) if email else None
@@ -152,8 +156,13 @@ async def submit_login(request: Request) -> Response:
     valid = verify_password(user.password_hash if user else dummy_hash(), password)
     if user is None or not valid:
         log.info("sign_in_failed", reason="bad_credentials")
-        return login_form(request, query, error="The e-mail address or password is incorrect.",
-                          email=email, status=401)
+        return login_form(
+            request,
+            query,
+            error="The e-mail address or password is incorrect.",
+            email=email,
+            status=401,
+        )
 
     raw = store.create_browser_session(
         state.db.app, user.id, ["pwd"], state.settings.browser_session_hours
@@ -161,8 +170,9 @@ async def submit_login(request: Request) -> Response:
     log.info("sign_in_succeeded", user_id=str(user.id))
     target = f"/oauth/authorize?{query}" if query else "/login/done"
     response = RedirectResponse(target, status_code=303)
-    _set_cookie(request, response, SESSION_COOKIE, raw,
-                max_age=state.settings.browser_session_hours * 3600)
+    _set_cookie(
+        request, response, SESSION_COOKIE, raw, max_age=state.settings.browser_session_hours * 3600
+    )
     return response
 
 
@@ -193,8 +203,9 @@ async def choose_tenant(request: Request) -> Response:
     chosen = next((c for c in choices if str(c.tenant_id) == form.get("tenant_id")), None)
     if chosen is None:
         return tenant_picker(request, query, choices)
-    return issue_code_redirect(request, authorization, user_id, chosen.tenant_id, amr,
-                               authenticated_at)
+    return issue_code_redirect(
+        request, authorization, user_id, chosen.tenant_id, amr, authenticated_at
+    )
 
 
 @router.post("/logout", response_class=HTMLResponse, dependencies=[require(PUBLIC)])

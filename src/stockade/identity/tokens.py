@@ -21,7 +21,7 @@ from stockade.config import Settings
 from stockade.keys import KeyStore
 from stockade.keys.store import SIGNING_ALGORITHM
 
-ACCESS_TOKEN_TYPE = "at+jwt"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
 # Clock skew tolerated between this server and the machines that check its tokens.
 _LEEWAY_SECONDS = 30
 # An unknown kid triggers at most one keyring reload in this many seconds, so a flood of

@@ -68,7 +68,9 @@ def create_ticket(
     request: Request, ticket: TicketIn, principal: Principal = require("tickets:write")
 ) -> dict[str, object]:
     with scoped_transaction(request.app.state.db.app, principal.scope()) as conn:
-        return store.create_ticket(conn, principal.tenant_id, principal.user_id, ticket.model_dump())
+        return store.create_ticket(
+            conn, principal.tenant_id, principal.user_id, ticket.model_dump()
+        )
 
 
 @router.get("/{ticket_id}", response_model=Ticket)

@@ -6,81 +6,80 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    delete,
+    func,
+    insert,
+    text,
+    select,
+    update,
+)
 
-_COLUMNS = "id, title, body, status, created_by, created_at, updated_at"
-
-
-def _as_dict(row: Any) -> dict[str, Any]:
-    return dict(row._mapping)
+tickets = Table(
+    "tickets",
+    MetaData(),
+    Column("id", Uuid, primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("tenant_id", Uuid, nullable=False),
+    Column("title", String, nullable=False),
+    Column("body", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("created_by", Uuid),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+_PUBLIC = [column for column in tickets.columns if column.name != "tenant_id"]
 
 
 def list_tickets(
     conn: Connection, tenant_id: uuid.UUID, *, limit: int, status: str | None
 ) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        text(
-            f"select {_COLUMNS} from tickets where tenant_id = :tenant"  # noqa: S608 - constant
-            " and (cast(:status as text) is null or status = :status)"
-            " order by created_at desc, id limit :limit"
-        ),
-        {"tenant": tenant_id, "status": status, "limit": limit},
-    ).all()
-    return [_as_dict(row) for row in rows]
+    query = select(*_PUBLIC).where(tickets.c.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(tickets.c.status == status)
+    query = query.order_by(tickets.c.created_at.desc(), tickets.c.id).limit(limit)
+    return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def get_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> dict[str, Any] | None:
-    row = conn.execute(
-        text(f"select {_COLUMNS} from tickets where tenant_id = :tenant and id = :id"),  # noqa: S608
-        {"tenant": tenant_id, "id": ticket_id},
-    ).first()
-    return _as_dict(row) if row else None
+def get_ticket(
+    conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID
+) -> dict[str, Any] | None:
+    query = select(*_PUBLIC).where(tickets.c.tenant_id == tenant_id, tickets.c.id == ticket_id)
+    row = conn.execute(query).first()
+    return dict(row._mapping) if row else None
 
 
 def create_ticket(
     conn: Connection, tenant_id: uuid.UUID, author: uuid.UUID | None, fields: dict[str, Any]
 ) -> dict[str, Any]:
-    row = conn.execute(
-        text(
-            "insert into tickets (tenant_id, title, body, status, created_by)"
-            " values (:tenant, :title, :body, :status, :author)"
-            f" returning {_COLUMNS}"
-        ),
-        {"tenant": tenant_id, "author": author, **fields},
-    ).one()
-    return _as_dict(row)
+    statement = (
+        insert(tickets)
+        .values(tenant_id=tenant_id, created_by=author, **fields)
+        .returning(*_PUBLIC)
+    )
+    return dict(conn.execute(statement).one()._mapping)
 
 
 def update_ticket(
     conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID, changes: dict[str, Any]
 ) -> dict[str, Any] | None:
-    # Each column keeps its value unless the change names it; no SQL is built from input.
-    row = conn.execute(
-        text(
-            "update tickets set"
-            " title = case when :set_title then :title else title end,"
-            " body = case when :set_body then :body else body end,"
-            " status = case when :set_status then :status else status end,"
-            " updated_at = now()"
-            f" where tenant_id = :tenant and id = :id returning {_COLUMNS}"
-        ),
-        {
-            "tenant": tenant_id,
-            "id": ticket_id,
-            "set_title": "title" in changes,
-            "title": changes.get("title"),
-            "set_body": "body" in changes,
-            "body": changes.get("body"),
-            "set_status": "status" in changes,
-            "status": changes.get("status"),
-        },
-    ).first()
-    return _as_dict(row) if row else None
+    """Apply ``changes`` (a subset of title, body, status); None when no such ticket."""
+    statement = (
+        update(tickets)
+        .where(tickets.c.tenant_id == tenant_id, tickets.c.id == ticket_id)
+        .values(**changes, updated_at=func.now())
+        .returning(*_PUBLIC)
+    )
+    row = conn.execute(statement).first()
+    return dict(row._mapping) if row else None
 
 
 def delete_ticket(conn: Connection, tenant_id: uuid.UUID, ticket_id: uuid.UUID) -> bool:
-    result = conn.execute(
-        text("delete from tickets where tenant_id = :tenant and id = :id"),
-        {"tenant": tenant_id, "id": ticket_id},
-    )
-    return result.rowcount == 1
+    statement = delete(tickets).where(tickets.c.tenant_id == tenant_id, tickets.c.id == ticket_id)
+    return conn.execute(statement).rowcount == 1

@@ -99,8 +99,9 @@ def _add_meta_routes(app: FastAPI) -> None:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False,
-             dependencies=[require(PUBLIC)])
+    @app.get(
+        "/", response_class=HTMLResponse, include_in_schema=False, dependencies=[require(PUBLIC)]
+    )
     def home(request: Request) -> HTMLResponse:
         return signin.message_page(
             request,
@@ -128,8 +129,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> JSONResponse:
         if _is_oauth(request) and exc.status == 401:
-            return JSONResponse({"error": "invalid_token", "error_description": exc.detail},
-                                status_code=401, headers=exc.headers)
+            return JSONResponse(
+                {"error": "invalid_token", "error_description": exc.detail},
+                status_code=401,
+                headers=exc.headers,
+            )
         return _problem_response(request, exc)
 
     @app.exception_handler(OAuthError)
@@ -163,8 +167,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
         if _is_oauth(request):
-            return JSONResponse({"error": "server_error", "error_description": "internal error"},
-                                status_code=500)
+            return JSONResponse(
+                {"error": "server_error", "error_description": "internal error"}, status_code=500
+            )
         return _problem_response(request, Problem("an internal error occurred; see the server log"))
 
 

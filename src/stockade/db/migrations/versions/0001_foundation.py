@@ -220,6 +220,6 @@ def upgrade() -> None:
     op.execute(_FUNCTIONS)
     op.execute(_TABLES)
     op.execute(_POLICIES)
-    op.execute(f"grant usage on schema public to {role}")  # noqa: S608 - quoted identifier
+    op.execute(f"grant usage on schema public to {role}")
     for table, privileges in _GRANTS.items():
         op.execute(f"grant {privileges} on {table} to {role}")
