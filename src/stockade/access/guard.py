@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from fastapi import Depends, Request
 
 from stockade.access.policy import AUTHENTICATED, PUBLIC
@@ -48,6 +49,9 @@ class Permit:
             return None
         state = request.app.state
         principal: Principal = state.authenticator.authenticate(request)
+        structlog.contextvars.bind_contextvars(
+            tenant_id=str(principal.tenant_id), user_id=str(principal.user_id)
+        )
         if self.permission == AUTHENTICATED:
             return principal
         decision = state.policy.decide(principal.roles, self.permission)
