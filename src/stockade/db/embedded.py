@@ -22,6 +22,8 @@ def start_embedded_server(folder: Path) -> URL:
         import pgserver
 
         folder.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            folder.resolve(), cleanup_mode="stop"
+        )
     url = make_url(server.get_uri())
     return url.set(drivername="postgresql+psycopg")

@@ -63,7 +63,8 @@ def tenant_id_by_name(owner: Engine, name: str) -> uuid.UUID:
         ).first()
     if row is None:
         raise AdminError(f"tenant {name!r} not found; create it with 'stockade tenant create'")
-    return row[0]
+    tenant_id: uuid.UUID = row[0]
+    return tenant_id
 
 
 def add_user(
@@ -92,8 +93,7 @@ def add_user(
         row = conn.execute(
             text("select id from users where email = :email"), {"email": email}
         ).first()
-        created = row is None
-        if created:
+        if row is None:
             if password is None:
                 raise AdminError(f"user {email} is new: give a password with --password-stdin")
             check_new_password(password, email=email, previous_hashes=[])
@@ -106,6 +106,7 @@ def add_user(
             user_id = row[0]
             if password is not None:
                 _change_password(conn, user_id, email, password)
+        created = row is None
         conn.execute(
             text(
                 "insert into memberships (tenant_id, user_id, role) values (:tenant, :user, :role)"

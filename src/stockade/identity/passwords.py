@@ -91,6 +91,6 @@ def is_common(password: str, *, email: str = "") -> bool:
 def _blocklist() -> frozenset[str]:
     # The 30,000 most common passwords of public breach corpora, as shipped by the
     # zxcvbn package; reading its list avoids copying it into this repository.
-    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS  # type: ignore[import-untyped]
 
     return frozenset(FREQUENCY_LISTS["passwords"])

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,12 +18,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import structlog
+from sqlalchemy import Connection
 
 from stockade.config import Settings
 from stockade.db import Database, Scope, scoped_transaction
 from stockade.errors import OAuthError
 from stockade.identity import store
-from stockade.identity.store import Client, Grant
+from stockade.identity.store import Client, Grant, User
 from stockade.identity.tokens import TokenService
 
 log = structlog.get_logger(__name__)
@@ -73,6 +73,15 @@ class AuthorizationRequest:
         return urlencode(params)
 
 
+@dataclass(frozen=True)
+class _Rotation:
+    """The refresh token stored for a grant, with the user's roles and record at that time."""
+
+    refresh_token: str
+    roles: list[str]
+    user: User | None
+
+
 def s256(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
@@ -106,7 +115,7 @@ class Provider:
             return AuthorizationRequestError(
                 error,
                 description,
-                self._redirect(
+                self.client_redirect(
                     redirect_uri, error=error, state=state, error_description=description
                 ),
             )
@@ -159,9 +168,10 @@ class Provider:
         scope = Scope(tenant_id=tenant_id, user_id=user_id)
         with scoped_transaction(self.db.app, scope) as conn:
             store.store_code(conn, code, grant, self.settings.authorization_code_seconds)
-        return self._redirect(request.redirect_uri, code=code, state=request.state)
+        return self.client_redirect(request.redirect_uri, code=code, state=request.state)
 
-    def _redirect(self, uri: str, **params: str | None) -> str:
+    def client_redirect(self, uri: str, **params: str | None) -> str:
+        """Build the redirect to the client with ``params`` and the issuer."""
         # RFC 9207: the iss parameter lets the client detect a mix-up of providers.
         values = {key: value for key, value in params.items() if value is not None}
         values["iss"] = self.settings.issuer
@@ -199,6 +209,8 @@ class Provider:
             raise OAuthError("invalid_grant", "code_verifier is missing or malformed")
 
         family_id = uuid.uuid4()
+        problem = None
+        rotation = None
         with scoped_transaction(self.db.app, Scope(tenant_id=tenant_id)) as conn:
             grant = store.consume_code(conn, code, family_id)
             if grant is None:
@@ -207,13 +219,16 @@ class Provider:
                 if earlier is not None:
                     store.revoke_family(conn, earlier)
                     log.warning("authorization_code_reused", tenant_id=str(tenant_id))
+            else:
+                problem = _code_mismatch(grant, client, form.get("redirect_uri", ""), verifier)
+                if problem is None:
+                    rotation = self._rotate(conn, grant)
         if grant is None:
             raise OAuthError("invalid_grant", "the authorization code is invalid or expired")
 
-        problem = _code_mismatch(grant, client, form.get("redirect_uri", ""), verifier)
         if problem:
             raise OAuthError("invalid_grant", problem)
-        return self._issue(grant, include_id_token=True)
+        return self._issue(grant, rotation, include_id_token=True)
 
     def refresh(self, form: dict[str, str], client: Client) -> dict[str, Any]:
         token = form.get("refresh_token", "")
@@ -221,7 +236,9 @@ class Provider:
         if tenant_id is None:
             raise OAuthError("invalid_grant", "the refresh token is invalid")
 
+        requested = form.get("scope")
         reused = False
+        rotation = None
         with scoped_transaction(self.db.app, Scope(tenant_id=tenant_id)) as conn:
             grant = store.use_refresh_token(conn, token)
             if grant is None or grant.client_id != client.client_id:
@@ -229,6 +246,8 @@ class Provider:
                 if family is not None:
                     store.revoke_family(conn, family[0])
                     reused = grant is None
+            elif not requested or set(requested.split()) <= set(grant.scope.split()):
+                rotation = self._rotate(conn, grant)
         if reused:
             log.warning(
                 "refresh_token_reused", tenant_id=str(tenant_id), client_id=client.client_id
@@ -239,23 +258,31 @@ class Provider:
         if grant is None or grant.client_id != client.client_id:
             raise OAuthError("invalid_grant", "the refresh token is invalid, expired or revoked")
 
-        requested = form.get("scope")
-        if requested and not set(requested.split()) <= set(grant.scope.split()):
+        if rotation is None:
             raise OAuthError("invalid_scope", "a refresh may not widen the granted scope")
-        return self._issue(grant, include_id_token=False)
+        return self._issue(grant, rotation, include_id_token=False)
 
-    def _issue(self, grant: Grant, *, include_id_token: bool) -> dict[str, Any]:
-        """Mint an access token and a rotated refresh token for a still-valid membership."""
+    def _rotate(self, conn: Connection, grant: Grant) -> _Rotation:
+        """Store the next refresh token of the grant's family if the user is still a member.
+
+        Callers run this in the transaction that used the code or refresh token. That row
+        stays locked until the new token is committed, so a concurrent reuse waits and its
+        family revocation then covers the new token as well.
+        """
         assert grant.family_id is not None
         refresh_token = store.new_tenant_token(grant.tenant_id)
-        scope = Scope(tenant_id=grant.tenant_id, user_id=grant.user_id)
-        with scoped_transaction(self.db.app, scope) as conn:
-            roles = store.roles_in_tenant(conn, grant.tenant_id, grant.user_id)
-            user = store.find_user(conn, grant.user_id)
-            if roles and user is not None:
-                store.store_refresh_token(
-                    conn, refresh_token, grant, self.settings.refresh_token_days
-                )
+        roles = store.roles_in_tenant(conn, grant.tenant_id, grant.user_id)
+        user = store.find_user(conn, grant.user_id)
+        if roles and user is not None:
+            store.store_refresh_token(conn, refresh_token, grant, self.settings.refresh_token_days)
+        return _Rotation(refresh_token, roles, user)
+
+    def _issue(
+        self, grant: Grant, rotation: _Rotation | None, *, include_id_token: bool
+    ) -> dict[str, Any]:
+        """Mint an access token, and an ID token when asked, next to the rotated refresh token."""
+        assert rotation is not None
+        refresh_token, roles, user = rotation.refresh_token, rotation.roles, rotation.user
         if not roles or user is None:
             raise OAuthError("invalid_grant", "the user is no longer a member of this tenant")
 
@@ -335,7 +362,3 @@ def _invalid_client(description: str, basic: tuple[str, str] | None) -> OAuthErr
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def epoch() -> int:
-    return int(time.time())

@@ -112,7 +112,7 @@ def authorize(request: Request) -> Response:
 def _redirect_error(
     provider: Any, authorization: Any, error: str, description: str
 ) -> AuthorizationRequestError:
-    location = provider._redirect(
+    location = provider.client_redirect(
         authorization.redirect_uri,
         error=error,
         error_description=description,

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
@@ -300,8 +300,3 @@ def revoke_family(conn: Connection, family_id: uuid.UUID) -> int:
         {"family": family_id},
     )
     return result.rowcount
-
-
-def session_age(authenticated_at: datetime, hours: int) -> bool:
-    """Tell whether a sign-in is still within the browser session lifetime."""
-    return datetime.now(authenticated_at.tzinfo) - authenticated_at < timedelta(hours=hours)

@@ -52,7 +52,7 @@ class SigningKey:
         return f"SigningKey(kid={self.kid!r}, retired={self.retired_at is not None})"
 
     def public_jwk(self) -> dict[str, object]:
-        jwk = self.key.as_dict(private=False)
+        jwk: dict[str, object] = dict(self.key.as_dict(private=False))
         jwk.update({"kid": self.kid, "use": "sig", "alg": SIGNING_ALGORITHM})
         return jwk
 

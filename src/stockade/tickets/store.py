@@ -17,8 +17,8 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    text,
     select,
+    text,
     update,
 )
 
@@ -59,9 +59,7 @@ def create_ticket(
     conn: Connection, tenant_id: uuid.UUID, author: uuid.UUID | None, fields: dict[str, Any]
 ) -> dict[str, Any]:
     statement = (
-        insert(tickets)
-        .values(tenant_id=tenant_id, created_by=author, **fields)
-        .returning(*_PUBLIC)
+        insert(tickets).values(tenant_id=tenant_id, created_by=author, **fields).returning(*_PUBLIC)
     )
     return dict(conn.execute(statement).one()._mapping)
 

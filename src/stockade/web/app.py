@@ -82,7 +82,7 @@ def check_routes(app: FastAPI, policy: Policy) -> None:
         if not isinstance(route, APIRoute):
             raise UndeclaredRouteError(f"route {route!r} is not an API route with a permission")
         declared = declared_permissions(route)
-        where = f"{sorted(route.methods)} {route.path}"
+        where = f"{sorted(route.methods or ())} {route.path}"
         if len(declared) != 1:
             raise UndeclaredRouteError(f"route {where} declares {len(declared)} permissions, not 1")
         permission = declared[0]
