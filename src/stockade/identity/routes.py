@@ -9,13 +9,14 @@ from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from stockade.access.guard import Principal, require
 from stockade.access.policy import AUTHENTICATED, PUBLIC
 from stockade.db import scoped_transaction
 from stockade.errors import NotFound, OAuthError
 from stockade.identity import store
-from stockade.identity.provider import SUPPORTED_SCOPES, AuthorizationRequestError
+from stockade.identity.provider import SUPPORTED_SCOPES, AuthorizationRequestError, Provider
 from stockade.identity.signin import (
     authorization_error,
     current_session,
@@ -124,29 +125,40 @@ def _redirect_error(
 @router.post("/oauth/token", dependencies=[require(PUBLIC)])
 async def token(request: Request) -> JSONResponse:
     form = await _oauth_form(request)
-    provider = request.app.state.provider
-    client = provider.authenticate_client(form, _basic_credentials(request))
+    basic = _basic_credentials(request)
+    # The provider blocks on the database, so it runs in the thread pool. On the event loop
+    # it would stall every other request, and concurrent token requests would never overlap.
+    body = await run_in_threadpool(_grant_tokens, request.app.state.provider, form, basic)
+    return JSONResponse(body, headers=_NO_STORE)
+
+
+def _grant_tokens(
+    provider: Provider, form: dict[str, str], basic: tuple[str, str] | None
+) -> dict[str, Any]:
+    client = provider.authenticate_client(form, basic)
     grant_type = form.get("grant_type")
     if grant_type == "authorization_code":
-        body = provider.exchange_code(form, client)
-    elif grant_type == "refresh_token":
-        body = provider.refresh(form, client)
-    else:
-        raise OAuthError(
-            "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
-        )
-    return JSONResponse(body, headers=_NO_STORE)
+        return provider.exchange_code(form, client)
+    if grant_type == "refresh_token":
+        return provider.refresh(form, client)
+    raise OAuthError(
+        "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
+    )
 
 
 @router.post("/oauth/revoke", dependencies=[require(PUBLIC)])
 async def revoke(request: Request) -> Response:
     form = await _oauth_form(request)
-    provider = request.app.state.provider
-    client = provider.authenticate_client(form, _basic_credentials(request))
+    basic = _basic_credentials(request)
+    await run_in_threadpool(_revoke_token, request.app.state.provider, form, basic)
+    return Response(status_code=200, headers=_NO_STORE)
+
+
+def _revoke_token(provider: Provider, form: dict[str, str], basic: tuple[str, str] | None) -> None:
+    client = provider.authenticate_client(form, basic)
     if not form.get("token"):
         raise OAuthError("invalid_request", "the token parameter is required")
     provider.revoke(form["token"], client)
-    return Response(status_code=200, headers=_NO_STORE)
 
 
 @router.get("/oauth/jwks", dependencies=[require(PUBLIC)])

@@ -18,6 +18,8 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
@@ -141,7 +143,11 @@ def show_login(request: Request) -> HTMLResponse:
 
 @router.post("/login", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
 async def submit_login(request: Request) -> Response:
-    form = await request.form()
+    # Password hashing and the database block, so the work runs in the thread pool.
+    return await run_in_threadpool(_sign_in, request, await request.form())
+
+
+def _sign_in(request: Request, form: FormData) -> Response:
     email = str(form.get("email", "")).strip().lower()
     password = str(form.get("password", ""))
     query = str(form.get("request", ""))
@@ -185,7 +191,10 @@ def signed_in(request: Request) -> HTMLResponse:
 
 @router.post("/login/tenant", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
 async def choose_tenant(request: Request) -> Response:
-    form = await request.form()
+    return await run_in_threadpool(_choose_tenant, request, await request.form())
+
+
+def _choose_tenant(request: Request, form: FormData) -> Response:
     query = str(form.get("request", ""))
     if not _csrf_valid(request, str(form.get("csrf_token", ""))):
         return message_page(request, "Form expired", "Please start signing in again.", 400)
@@ -210,7 +219,10 @@ async def choose_tenant(request: Request) -> Response:
 
 @router.post("/logout", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
 async def logout(request: Request) -> Response:
-    form = await request.form()
+    return await run_in_threadpool(_logout, request, await request.form())
+
+
+def _logout(request: Request, form: FormData) -> Response:
     if not _csrf_valid(request, str(form.get("csrf_token", ""))):
         return message_page(request, "Form expired", "Reload the page and try again.", 400)
     raw = request.cookies.get(SESSION_COOKIE)

@@ -142,61 +142,65 @@ create index tickets_tenant_created on tickets (tenant_id, created_at desc, id);
 """
 
 _POLICIES = """
+-- Each setting function is wrapped in a sub-select so PostgreSQL evaluates it once per
+-- query (an InitPlan) instead of once per row.
 alter table tenants enable row level security;
 alter table tenants force row level security;
 create policy tenant_member_read on tenants for select using (
-    id = stockade_tenant()
+    id = (select stockade_tenant())
     or exists (select 1 from memberships m where m.tenant_id = tenants.id
-               and m.user_id = stockade_user()));
+               and m.user_id = (select stockade_user())));
 create policy operator_all on tenants to current_user using (true) with check (true);
 
 alter table users enable row level security;
 alter table users force row level security;
 create policy user_read on users for select using (
-    id = stockade_user()
-    or email = stockade_login_email()
+    id = (select stockade_user())
+    or email = (select stockade_login_email())
     or exists (select 1 from memberships m where m.user_id = users.id
-               and m.tenant_id = stockade_tenant()));
+               and m.tenant_id = (select stockade_tenant())));
 create policy user_self_update on users for update
-    using (id = stockade_user()) with check (id = stockade_user());
+    using (id = (select stockade_user())) with check (id = (select stockade_user()));
 create policy operator_all on users to current_user using (true) with check (true);
 
 alter table password_history enable row level security;
 alter table password_history force row level security;
 create policy history_self on password_history
-    using (user_id = stockade_user()) with check (user_id = stockade_user());
+    using (user_id = (select stockade_user())) with check (user_id = (select stockade_user()));
 create policy operator_all on password_history to current_user using (true) with check (true);
 
 alter table memberships enable row level security;
 alter table memberships force row level security;
 create policy membership_read on memberships for select using (
-    tenant_id = stockade_tenant() or user_id = stockade_user());
+    tenant_id = (select stockade_tenant()) or user_id = (select stockade_user()));
 create policy membership_manage on memberships for all
-    using (tenant_id = stockade_tenant() and stockade_can('members:manage'))
-    with check (tenant_id = stockade_tenant() and stockade_can('members:manage'));
+    using (tenant_id = (select stockade_tenant()) and (select stockade_can('members:manage')))
+    with check (tenant_id = (select stockade_tenant()) and (select stockade_can('members:manage')));
 create policy operator_all on memberships to current_user using (true) with check (true);
 
 alter table authorization_codes enable row level security;
 alter table authorization_codes force row level security;
 create policy tenant_scope on authorization_codes
-    using (tenant_id = stockade_tenant()) with check (tenant_id = stockade_tenant());
+    using (tenant_id = (select stockade_tenant()))
+    with check (tenant_id = (select stockade_tenant()));
 
 alter table refresh_tokens enable row level security;
 alter table refresh_tokens force row level security;
 create policy tenant_scope on refresh_tokens
-    using (tenant_id = stockade_tenant()) with check (tenant_id = stockade_tenant());
+    using (tenant_id = (select stockade_tenant()))
+    with check (tenant_id = (select stockade_tenant()));
 
 alter table tickets enable row level security;
 alter table tickets force row level security;
 create policy tickets_read on tickets for select
-    using (tenant_id = stockade_tenant() and stockade_can('tickets:read'));
+    using (tenant_id = (select stockade_tenant()) and (select stockade_can('tickets:read')));
 create policy tickets_insert on tickets for insert
-    with check (tenant_id = stockade_tenant() and stockade_can('tickets:write'));
+    with check (tenant_id = (select stockade_tenant()) and (select stockade_can('tickets:write')));
 create policy tickets_update on tickets for update
-    using (tenant_id = stockade_tenant() and stockade_can('tickets:write'))
-    with check (tenant_id = stockade_tenant());
+    using (tenant_id = (select stockade_tenant()) and (select stockade_can('tickets:write')))
+    with check (tenant_id = (select stockade_tenant()));
 create policy tickets_delete on tickets for delete
-    using (tenant_id = stockade_tenant() and stockade_can('tickets:write'));
+    using (tenant_id = (select stockade_tenant()) and (select stockade_can('tickets:write')));
 create policy operator_all on tickets to current_user using (true) with check (true);
 """
 
