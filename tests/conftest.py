@@ -136,7 +136,7 @@ class Factory:
                 )
         return Member(user_id, email, tenant_id, name, roles)
 
-    def token(self, member: Member, **overrides: object) -> str:
+    def token(self, member: Member) -> str:
         token, _ = self.app.state.tokens.issue_access_token(
             user_id=member.user_id,
             tenant_id=member.tenant_id,

@@ -38,9 +38,7 @@ def test_request_line_carries_tenant_and_request_id(
     assert token not in log_lines.getvalue()
 
 
-def test_rejected_token_is_logged_without_token(
-    client: TestClient, log_lines: io.StringIO
-) -> None:
+def test_rejected_token_is_logged_without_token(client: TestClient, log_lines: io.StringIO) -> None:
     forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
 
     client.get("/api/v1/tickets", headers=bearer(forged))

@@ -23,9 +23,7 @@ def test_revoked_refresh_token_stops_family(
     assert refreshed.json()["error"] == "invalid_grant"
 
 
-def test_other_client_cannot_revoke(
-    live_server: str, http: httpx.Client, factory: Factory
-) -> None:
+def test_other_client_cannot_revoke(live_server: str, http: httpx.Client, factory: Factory) -> None:
     client_id, tokens = _signed_in_tokens(live_server, http, factory)
     stranger = factory.client("http://127.0.0.1:8765/callback", public=True)
 
