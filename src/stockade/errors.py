@@ -1,11 +1,9 @@
 """Errors that cross the HTTP boundary.
 
     Problem                      RFC 9457 problem+json, for /api routes
-    ├── BadRequest          400
     ├── Unauthorized        401  (adds WWW-Authenticate)
     ├── Forbidden           403
     ├── NotFound            404  "not found" and "not yours" look the same
-    ├── Conflict            409
     └── Unprocessable       422
     OAuthError                   RFC 6749 error JSON, for /oauth routes
 
@@ -41,12 +39,6 @@ class Problem(Exception):
         }
 
 
-class BadRequest(Problem):
-    status = 400
-    code = "bad-request"
-    title = "Bad request"
-
-
 class Unauthorized(Problem):
     status = 401
     code = "unauthorized"
@@ -71,12 +63,6 @@ class NotFound(Problem):
     title = "Not found"
 
 
-class Conflict(Problem):
-    status = 409
-    code = "conflict"
-    title = "Conflict"
-
-
 class Unprocessable(Problem):
     status = 422
     code = "invalid-request"
@@ -84,7 +70,7 @@ class Unprocessable(Problem):
 
 
 class OAuthError(Exception):
-    """An error answered as RFC 6749 section 5.2 JSON."""
+    """An error returned as RFC 6749 section 5.2 JSON."""
 
     def __init__(
         self,

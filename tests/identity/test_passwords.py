@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import text
 
 from stockade.identity import admin
@@ -13,7 +16,8 @@ from stockade.identity.passwords import (
     verify_password,
 )
 from stockade.runtime import Runtime
-from tests.conftest import Factory
+from tests.conftest import TEST_PASSWORD, Factory
+from tests.identity.test_oidc_client import REDIRECT_URI, authlib_session, browser_sign_in
 
 
 def test_hash_is_argon2id_and_verifies() -> None:
@@ -80,3 +84,26 @@ def test_history_keeps_four_old_hashes(runtime: Runtime, factory: Factory) -> No
             text("select count(*) from password_history where user_id = :u"), {"u": member.user_id}
         ).scalar_one()
     assert kept == 4
+
+
+def test_sign_in_upgrades_weak_hash(live_server: str, runtime: Runtime, factory: Factory) -> None:
+    member = factory.member()
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(TEST_PASSWORD)
+    with runtime.db.owner.begin() as conn:
+        conn.execute(
+            text("update users set password_hash = :h where id = :u"),
+            {"h": weak, "u": member.user_id},
+        )
+    registered = factory.client(REDIRECT_URI, public=True)
+    url, _ = authlib_session(registered.client_id).create_authorization_url(
+        f"{live_server}/oauth/authorize", code_verifier=secrets.token_urlsafe(48)
+    )
+
+    browser_sign_in(live_server, url, member.email, TEST_PASSWORD)
+
+    with runtime.db.owner.begin() as conn:
+        stored = conn.execute(
+            text("select password_hash from users where id = :u"), {"u": member.user_id}
+        ).scalar_one()
+    assert stored != weak
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")

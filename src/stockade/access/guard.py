@@ -16,7 +16,7 @@ from stockade.errors import Forbidden
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts for, from a verified access token."""
+    """The user, tenant and roles a request acts for, from a verified access token."""
 
     user_id: uuid.UUID
     tenant_id: uuid.UUID

@@ -44,12 +44,6 @@ class Policy:
                 break
         return decision
 
-    def permissions_of(self, roles: tuple[str, ...] | list[str]) -> frozenset[str]:
-        granted: set[str] = set()
-        for role in roles:
-            granted |= self.roles.get(role, frozenset())
-        return frozenset(granted)
-
     def check_role(self, role: str) -> None:
         if role not in self.roles:
             known = ", ".join(sorted(self.roles))

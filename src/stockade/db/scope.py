@@ -25,7 +25,10 @@ _SET_SCOPE = text(
 
 @dataclass(frozen=True)
 class Scope:
-    """Who a transaction acts for. An empty scope sees no tenant-owned row."""
+    """The tenant, roles and user a transaction acts for.
+
+    An empty scope matches no tenant-owned row.
+    """
 
     tenant_id: uuid.UUID | None = None
     roles: tuple[str, ...] = ()

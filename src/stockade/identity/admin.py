@@ -27,7 +27,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class AdminError(ValueError):
-    """An operator request is invalid; the message says what to change."""
+    """An operator request is invalid; the message names what to change."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Password hashing (argon2id) and the password rules.
 
-Rules, following NIST SP 800-63B section 5.1.1.2: at least 12 characters, at most 256;
-not a common password; not one of the user's last 5 passwords. No composition rules.
+The rules follow NIST SP 800-63B section 5.1.1.2. A password has 12 to 256 characters,
+is not a common password, and is none of the user's last 5 passwords. There are no
+composition rules.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _SEQUENCES = (
 
 
 class PasswordRejected(ValueError):
-    """A new password breaks a rule; the message says which, never the password."""
+    """A new password breaks a rule. The message names the rule, never the password."""
 
 
 def hash_password(password: str) -> str:

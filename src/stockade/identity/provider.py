@@ -328,7 +328,7 @@ class Provider:
         if token.count(".") == 2 and token.startswith("eyJ"):
             # Access tokens are self-contained JWTs that live at most 60 minutes.
             # NOTE: revoking one needs a denylist consulted on every request; until that
-            # exists, RFC 7009 section 2.2.1 lets the server say so.
+            # exists, RFC 7009 section 2.2.1 allows this answer.
             raise OAuthError(
                 "unsupported_token_type",
                 "access tokens expire on their own; revoke the refresh token to end the session",

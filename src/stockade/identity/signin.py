@@ -24,7 +24,7 @@ from starlette.datastructures import FormData
 from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
 from stockade.identity import store
-from stockade.identity.passwords import dummy_hash, verify_password
+from stockade.identity.passwords import dummy_hash, hash_password, needs_rehash, verify_password
 from stockade.identity.provider import AuthorizationRequest, AuthorizationRequestError, now_utc
 
 log = structlog.get_logger(__name__)
@@ -170,6 +170,8 @@ def _sign_in(request: Request, form: FormData) -> Response:
             status=401,
         )
 
+    if needs_rehash(user.password_hash):
+        store.replace_password_hash(state.db.app, user.id, hash_password(password))
     raw = store.create_browser_session(
         state.db.app, user.id, ["pwd"], state.settings.browser_session_hours
     )

@@ -1,7 +1,7 @@
 """SQL for the identity tables. Every statement is parameterised.
 
 Authorization codes and refresh tokens are opaque strings ``<tenant hex>.<secret>``: the
-prefix tells which tenant's rows to search, and the row is found by the SHA-256 of the
+prefix names the tenant whose rows to search, and the row is found by the SHA-256 of the
 whole string, so a forged prefix only searches a tenant where the hash is absent.
 """
 
@@ -61,7 +61,7 @@ class TenantChoice:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a code or refresh token was issued for."""
+    """The user, tenant, client and scope behind a code or refresh token."""
 
     tenant_id: uuid.UUID
     user_id: uuid.UUID
@@ -93,6 +93,15 @@ def find_user(conn: Connection, user_id: uuid.UUID) -> User | None:
         text("select id, email, password_hash from users where id = :id"), {"id": user_id}
     ).first()
     return User(*row) if row else None
+
+
+def replace_password_hash(engine: Engine, user_id: uuid.UUID, password_hash: str) -> None:
+    """Store a fresh hash of the same password, after the hashing parameters changed."""
+    with scoped_transaction(engine, Scope(user_id=user_id)) as conn:
+        conn.execute(
+            text("update users set password_hash = :hash where id = :id"),
+            {"hash": password_hash, "id": user_id},
+        )
 
 
 def create_browser_session(engine: Engine, user_id: uuid.UUID, amr: list[str], hours: int) -> str:

@@ -8,7 +8,6 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwt
@@ -31,13 +30,6 @@ _KEY_RELOAD_SECONDS = 5.0
 
 class InvalidToken(Exception):
     """The token failed a check. The reason is for logs, never for the client."""
-
-
-@dataclass(frozen=True)
-class IssuedTokens:
-    access_token: str
-    expires_in: int
-    id_token: str | None
 
 
 class TokenService:

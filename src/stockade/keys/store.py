@@ -58,7 +58,7 @@ class SigningKey:
 
 
 class KeyStore(Protocol):
-    """What every key store backend provides."""
+    """The interface that every key store backend implements."""
 
     def current_signing_key(self) -> SigningKey:
         """Return the key new tokens are signed with, creating one on first use."""

@@ -63,7 +63,7 @@ def api_routes(routes: list[Any]) -> list[APIRoute]:
     """Flatten the app's routes, looking inside included routers.
 
     FastAPI 0.165 keeps an included router as one wrapper route whose
-    ``original_router`` holds the routes; older versions copy them into the app.
+    ``original_router`` contains the routes; older versions copy them into the app.
     Anything that is neither is returned as is, so the check below rejects it.
     """
     flat: list[Any] = []
