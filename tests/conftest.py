@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from stockade.config import Settings, load_settings
-from stockade.identity import admin
+from stockade.identity import admin, sessions
 from stockade.identity.passwords import hash_password
 from stockade.runtime import Runtime, open_runtime
 from stockade.web.app import create_app
@@ -96,6 +96,8 @@ class Member:
     tenant_id: uuid.UUID
     tenant: str
     roles: tuple[str, ...]
+    # The token family that ``Factory.token`` issues this member's tokens in.
+    family_id: uuid.UUID
 
 
 class Factory:
@@ -105,6 +107,7 @@ class Factory:
         self.runtime = runtime
         self.app = app
         self.password_hash = password_hash
+        self._client_id: str | None = None
 
     def tenant(self, prefix: str = "t") -> tuple[uuid.UUID, str]:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -134,19 +137,37 @@ class Factory:
                     ),
                     {"t": tenant_id, "u": user_id, "r": role},
                 )
-        return Member(user_id, email, tenant_id, name, roles)
+        family_id = uuid.uuid4()
+        with self.runtime.db.owner.begin() as conn:
+            sessions.open_family(
+                conn,
+                family_id=family_id,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                client_id=self.test_client_id(),
+                browser_session=None,
+            )
+        return Member(user_id, email, tenant_id, name, roles, family_id)
 
-    def token(self, member: Member) -> str:
+    def token(self, member: Member, amr: tuple[str, ...] = ("pwd", "otp", "mfa")) -> str:
+        """Mint an access token for ``member`` in its token family, as sign-in would."""
         token, _ = self.app.state.tokens.issue_access_token(
             user_id=member.user_id,
             tenant_id=member.tenant_id,
             roles=list(member.roles),
-            client_id="test-client",
+            client_id=self.test_client_id(),
             scope="openid",
-            amr=["pwd"],
+            amr=list(amr),
             auth_time=int(time.time()),
+            family_id=member.family_id,
         )
         return str(token)
+
+    def test_client_id(self) -> str:
+        """Return the id of one client registered for tokens minted by ``token``."""
+        if self._client_id is None:
+            self._client_id = self.client("http://127.0.0.1:8765/callback").client_id
+        return self._client_id
 
     def client(self, redirect_uri: str, *, public: bool = True) -> admin.RegisteredClient:
         return admin.create_client(self.runtime.db.owner, "test app", [redirect_uri], public=public)

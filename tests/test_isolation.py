@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
+from stockade.audit.trail import record_event
 from stockade.db import Scope, scoped_transaction
 from stockade.identity import store
 from stockade.runtime import Runtime
@@ -240,6 +241,11 @@ def seed_oauth_rows(app_engine: Engine, member: Member, client_id: str) -> None:
         store.store_refresh_token(conn, store.new_tenant_token(member.tenant_id), grant, 1)
 
 
+def seed_audit_event(app_engine: Engine, member: Member) -> None:
+    with scoped_transaction(app_engine, full_scope(member)) as conn:
+        record_event(conn, tenant_id=member.tenant_id, action="tickets:seeded")
+
+
 @pytest.fixture
 def pair(factory: Factory, runtime: Runtime) -> SeededPair:
     client_id = factory.client(REDIRECT_URI).client_id
@@ -247,6 +253,7 @@ def pair(factory: Factory, runtime: Runtime) -> SeededPair:
     b = factory.member(factory.tenant("iso-b"), roles=ROLES)
     for member in (a, b):
         seed_oauth_rows(runtime.db.app, member, client_id)
+        seed_audit_event(runtime.db.app, member)
     return SeededPair(a, b, factory.ticket(a, "ticket of a"), factory.ticket(b, "ticket of b"))
 
 

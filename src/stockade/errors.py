@@ -44,10 +44,12 @@ class Unauthorized(Problem):
     code = "unauthorized"
     title = "Authentication required"
 
-    def __init__(self, detail: str, *, error: str = "invalid_token") -> None:
-        # RFC 6750 section 3: the challenge names the error; the description is generic
-        # so it does not tell an attacker which check failed.
+    def __init__(self, detail: str, *, error: str = "invalid_token", explain: bool = False) -> None:
+        # RFC 6750 section 3: the challenge names the error. It describes the error only
+        # when told to, since for a bad token that would tell which check failed.
         challenge = f'Bearer error="{error}"' if error else "Bearer"
+        if explain:
+            challenge += f', error_description="{detail}"'
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 

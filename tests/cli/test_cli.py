@@ -197,3 +197,41 @@ def test_demo_seeds_once(settings: Settings, runtime: Runtime) -> None:
         if path.is_file() and path.stat().st_size < 64 * 1024 * 1024:
             content = path.read_bytes()
             assert not any(password.encode() in content for password in printed), path
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["bogus"], "No such command"),
+        (["serve", "--port", "99999"], "--port"),
+        (["user", "create", "a@example.test"], "Missing option '--tenant'"),
+    ],
+)
+def test_usage_errors_are_one_line(
+    settings: Settings, runtime: Runtime, args: list[str], fragment: str
+) -> None:
+    assert_one_line_error(run(settings, *args), fragment)
+
+
+def test_missing_data_folder_is_one_line(tmp_path: Path, runtime: Runtime) -> None:
+    absent = Settings(data_dir=tmp_path / "absent")
+    result = run(absent, "tenant", "create", "somewhere")
+    assert_one_line_error(result, "no Stockade data folder")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_data_folder_that_is_a_file_is_one_line(tmp_path: Path, runtime: Runtime) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    assert_one_line_error(run(Settings(data_dir=a_file), "demo"), "Not a directory")
+
+
+def test_busy_port_is_one_line(settings: Settings, runtime: Runtime) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run(settings, "serve", "--port", str(port))
+    assert_one_line_error(result, "cannot listen on 127.0.0.1")

@@ -37,17 +37,31 @@ def test_other_client_cannot_revoke(live_server: str, http: httpx.Client, factor
     assert refreshed.status_code == 200
 
 
-def test_access_token_revocation_is_unsupported(
+def test_revoked_access_token_stops_at_once(
     live_server: str, http: httpx.Client, factory: Factory
 ) -> None:
     client_id, tokens = _signed_in_tokens(live_server, http, factory)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert http.get("/api/v1/tickets", headers=headers).status_code == 200
 
-    response = http.post(
+    revoked = http.post(
         "/oauth/revoke", data={"token": tokens["access_token"], "client_id": client_id}
     )
 
-    assert response.status_code == 400
-    assert response.json()["error"] == "unsupported_token_type"
+    assert revoked.status_code == 200
+    assert http.get("/api/v1/tickets", headers=headers).status_code == 401
+    assert _refresh(http, client_id, tokens["refresh_token"]).status_code == 400
+
+
+def test_revoked_refresh_token_stops_access_token(
+    live_server: str, http: httpx.Client, factory: Factory
+) -> None:
+    client_id, tokens = _signed_in_tokens(live_server, http, factory)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    http.post("/oauth/revoke", data={"token": tokens["refresh_token"], "client_id": client_id})
+
+    assert http.get("/api/v1/tickets", headers=headers).status_code == 401
 
 
 def test_unknown_token_revocation_succeeds(

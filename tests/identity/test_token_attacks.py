@@ -62,6 +62,7 @@ def _access_claims(member: Member, settings: Settings, **changes: Any) -> dict[s
         "tenant_id": str(member.tenant_id),
         "roles": list(member.roles),
         "amr": ["pwd"],
+        "sid": str(member.family_id),
     }
     claims.update(changes)
     return claims
@@ -615,7 +616,7 @@ def test_json_token_request_is_invalid(client: TestClient, factory: Factory) -> 
     assert "access_token" not in response.json()
 
 
-@pytest.mark.parametrize("grant_type", ["password", "client_credentials", "implicit", ""])
+@pytest.mark.parametrize("grant_type", ["password", "client_credentials", "implicit"])
 def test_unknown_grant_type_is_unsupported(
     client: TestClient, factory: Factory, grant_type: str
 ) -> None:
@@ -633,6 +634,15 @@ def test_unknown_grant_type_is_unsupported(
 
     assert response.status_code == 400
     assert response.json()["error"] == "unsupported_grant_type"
+
+
+def test_missing_grant_type_is_invalid_request(client: TestClient, factory: Factory) -> None:
+    registered = factory.client(REDIRECT_URI, public=True)
+    response = client.post(
+        "/oauth/token", data={"grant_type": "", "client_id": registered.client_id}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
 
 
 def test_wrong_secret_basic_is_invalid_client(

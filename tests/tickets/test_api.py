@@ -106,3 +106,17 @@ def test_missing_ticket_is_404(client: TestClient, factory: Factory) -> None:
     )
     assert response.status_code == 404
     assert response.json()["detail"] == "no such ticket"
+
+
+def test_nul_character_is_422(client: TestClient, factory: Factory) -> None:
+    member = factory.member(roles=("contributor",))
+    headers = bearer(factory.token(member))
+    ticket = factory.ticket(member)
+
+    created = client.post("/api/v1/tickets", json={"title": "a\u0000b"}, headers=headers)
+    changed = client.patch(
+        f"/api/v1/tickets/{ticket['id']}", json={"body": "x\u0000"}, headers=headers
+    )
+
+    assert created.status_code == 422
+    assert changed.status_code == 422

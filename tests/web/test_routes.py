@@ -25,6 +25,9 @@ EXPECTED_PUBLIC = {
     "/login/done",
     "/login/tenant",
     "/logout",  # sign-in pages
+    "/login/mfa",
+    "/account",
+    "/account/mfa",  # pages that check the browser session themselves
     "/openapi.json",
     "/health",
     "/",
@@ -98,3 +101,22 @@ def test_unknown_path_is_problem_json(client: TestClient) -> None:
 def test_framework_docs_route_stops_start(runtime: Runtime) -> None:
     with pytest.raises(UndeclaredRouteError, match="not an API route"):
         check_routes(FastAPI(), runtime.policy)
+
+
+def test_unexpected_error_is_clean_500(runtime: Runtime) -> None:
+    from stockade.access.guard import require
+    from stockade.web.app import create_app
+
+    app = create_app(runtime)
+
+    @app.get("/api/v1/boom", dependencies=[require(PUBLIC)])
+    def boom() -> dict[str, str]:
+        raise RuntimeError("secret detail that must not leak")
+
+    with TestClient(app, raise_server_exceptions=True) as probe:
+        response = probe.get("/api/v1/boom")
+
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "secret detail" not in response.text
+    assert "Traceback" not in response.text

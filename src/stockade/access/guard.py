@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 from fastapi import Depends, Request
+from sqlalchemy import Connection
 
-from stockade.access.policy import AUTHENTICATED, PUBLIC
+from stockade.access.policy import AUTHENTICATED, PUBLIC, Policy
 from stockade.db import Scope
-from stockade.errors import Forbidden
+from stockade.errors import Forbidden, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,22 @@ class Principal:
     client_id: str
     amr: tuple[str, ...]
     token_id: str
+    family_id: uuid.UUID | None = None
+    issued_at: int = 0
+    # Privileged roles named by a token whose sign-in lacked MFA: they grant nothing.
+    withheld_roles: tuple[str, ...] = ()
+    # Run in each of the request's transactions; raises when the token was revoked.
+    check: Callable[[Connection], None] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def claimed_roles(self) -> tuple[str, ...]:
+        """All roles the token names, before privileged ones without MFA are set aside."""
+        return self.roles + self.withheld_roles
 
     def scope(self) -> Scope:
-        return Scope(tenant_id=self.tenant_id, roles=self.roles, user_id=self.user_id)
+        return Scope(
+            tenant_id=self.tenant_id, roles=self.roles, user_id=self.user_id, check=self.check
+        )
 
 
 class Authenticator(Protocol):
@@ -52,12 +68,31 @@ class Permit:
         structlog.contextvars.bind_contextvars(
             tenant_id=str(principal.tenant_id), user_id=str(principal.user_id)
         )
+        principal = _without_unproven_roles(principal, state.policy)
         if self.permission == AUTHENTICATED:
             return principal
         decision = state.policy.decide(principal.roles, self.permission)
-        if not decision.allowed:
-            raise Forbidden(f"this token's roles do not grant {self.permission}")
+        if decision.allowed:
+            return principal
+        if state.policy.decide(principal.claimed_roles, self.permission).allowed:
+            # RFC 9470 section 3: the client can fix this by signing in with MFA.
+            raise Unauthorized(
+                f"{self.permission} needs a sign-in with multi-factor authentication",
+                error="insufficient_user_authentication",
+                explain=True,
+            )
+        raise Forbidden(f"this token's roles do not grant {self.permission}")
+
+
+def _without_unproven_roles(principal: Principal, policy: Policy) -> Principal:
+    """Set aside privileged roles unless the sign-in used a second factor (amr "mfa")."""
+    if "mfa" in principal.amr:
         return principal
+    withheld = tuple(role for role in principal.roles if role in policy.privileged_roles)
+    if not withheld:
+        return principal
+    kept = tuple(role for role in principal.roles if role not in withheld)
+    return dataclasses.replace(principal, roles=kept, withheld_roles=withheld)
 
 
 def require(permission: str) -> Any:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import functools
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+try:  # Typer 0.2x vendors Click; older releases use the click package.
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef,assignment]
 
 from stockade.access.policy import PolicyError
 from stockade.config import ConfigError, load_settings
@@ -21,9 +27,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 tenant_app = typer.Typer(no_args_is_help=True, help="Create tenants.")
 user_app = typer.Typer(no_args_is_help=True, help="Create users and grant them roles.")
 client_app = typer.Typer(no_args_is_help=True, help="Register OAuth clients.")
+audit_app = typer.Typer(no_args_is_help=True, help="Check the audit trail.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(client_app, name="client")
+app.add_typer(audit_app, name="audit")
 
 DataDir = Annotated[
     Path | None,
@@ -50,15 +58,25 @@ def clear_errors(command: F) -> F:
             return command(*args, **kwargs)
         except _EXPECTED as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise fail(f"{exc.strerror or exc}{where}") from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _runtime(data_dir: Path | None, **options: Any) -> Runtime:
+def _runtime(data_dir: Path | None, *, create: bool = False, **options: Any) -> Runtime:
+    """Open the runtime; only ``serve`` and ``demo`` may start a new data folder."""
     from stockade.audit.logs import configure_logging
 
     configure_logging()
-    return open_runtime(load_settings(data_dir=data_dir, **options), pool_size=2)
+    settings = load_settings(data_dir=data_dir, **options)
+    if not create and not settings.keys_dir.is_dir():
+        raise fail(
+            f"no Stockade data folder at {settings.data_dir.resolve()}; run this command "
+            "where 'make run' ran, or give --data-dir or STOCKADE_DATA_DIR"
+        )
+    return open_runtime(settings, pool_size=2)
 
 
 def _read_password() -> str:
@@ -88,7 +106,8 @@ def serve(
     issuer = None if os.environ.get("STOCKADE_ISSUER") else f"http://{shown_host}:{port}"
     if issuer and host not in ("127.0.0.1", "localhost", "::1"):
         raise fail("set STOCKADE_ISSUER to this server's https URL when serving beyond loopback")
-    runtime = _runtime(data_dir, issuer=issuer)
+    _check_port_free(host, port)
+    runtime = _runtime(data_dir, create=True, issuer=issuer)
     typer.echo(f"Stockade serves on {runtime.settings.issuer}  (data: {runtime.settings.data_dir})")
     try:
         uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
@@ -162,6 +181,30 @@ def user_set_password(
     typer.echo(f"password of {email.lower()} changed")
 
 
+@user_app.command("disable")
+@clear_errors
+def user_disable(email: str, data_dir: DataDir = None) -> None:
+    """Disable a user: sign-in, refresh and every issued token stop at once."""
+    runtime = _runtime(data_dir)
+    try:
+        admin.set_disabled(runtime.db.owner, email, disabled=True)
+    finally:
+        runtime.close()
+    typer.echo(f"user {email.lower()} disabled; their tokens stop on their next request")
+
+
+@user_app.command("enable")
+@clear_errors
+def user_enable(email: str, data_dir: DataDir = None) -> None:
+    """Enable a disabled user again; tokens revoked while disabled stay revoked."""
+    runtime = _runtime(data_dir)
+    try:
+        admin.set_disabled(runtime.db.owner, email, disabled=False)
+    finally:
+        runtime.close()
+    typer.echo(f"user {email.lower()} enabled")
+
+
 @client_app.command("create")
 @clear_errors
 def client_create(
@@ -186,22 +229,73 @@ def client_create(
         typer.echo("The secret is shown only now; Stockade keeps only its hash.")
 
 
+@audit_app.command("verify")
+@clear_errors
+def audit_verify(
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant name; without it, the platform chain is checked")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Recompute an audit hash chain; list each break and exit 1 if there is one."""
+    from stockade.audit.trail import verify_chain, verify_platform_chain
+
+    runtime = _runtime(data_dir)
+    try:
+        if tenant is None:
+            breaks = verify_platform_chain(runtime.db.owner)
+        else:
+            breaks = verify_chain(
+                runtime.db.owner, admin.tenant_id_by_name(runtime.db.owner, tenant)
+            )
+    finally:
+        runtime.close()
+    chain = f"the audit chain of tenant {tenant}" if tenant else "the platform audit chain"
+    if not breaks:
+        typer.echo(f"{chain} is intact")
+        return
+    for found in breaks:
+        typer.echo(f"event {found.seq}: {found.reason}")
+    typer.echo(f"{chain} is broken in {len(breaks)} place(s)", err=True)
+    raise typer.Exit(code=1)
+
+
 @app.command()
 @clear_errors
 def demo(data_dir: DataDir = None) -> None:
     """Seed the demo tenants, users, client and tickets, once."""
     from stockade.cli.seed import seed_demo
 
-    runtime = _runtime(data_dir)
+    runtime = _runtime(data_dir, create=True)
     try:
         seed_demo(runtime, typer.echo)
     finally:
         runtime.close()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise fail(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from None
+
+
 def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+    """Run the command; usage errors become one line and exit code 2, like every error."""
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "Run 'stockade --help' for usage.")
+        sys.exit(2)
+    except ClickException as exc:
+        typer.echo(f"stockade: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("stockade: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

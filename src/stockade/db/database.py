@@ -56,11 +56,12 @@ def open_database(settings: Settings, keystore: KeyStore, *, pool_size: int = 10
         _prepare_embedded(superuser_url, settings.app_db_role, app_password)
         owner_url = superuser_url.set(username=_EMBEDDED_OWNER, database=_EMBEDDED_DATABASE)
 
-    owner = create_engine(owner_url, pool_size=2, max_overflow=2)
+    # hide_parameters keeps request data out of exception messages and so out of logs.
+    owner = create_engine(owner_url, pool_size=2, max_overflow=2, hide_parameters=True)
     migrate(owner, settings.app_db_role)
 
     app_url = owner_url.set(username=settings.app_db_role, password=app_password)
-    app = create_engine(app_url, pool_size=pool_size, max_overflow=pool_size)
+    app = create_engine(app_url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True)
     _check_app_role(app)
     return Database(owner=owner, app=app, app_role=settings.app_db_role)
 

@@ -9,9 +9,9 @@ connection never carries one request's tenant into the next.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, text
 
@@ -34,6 +34,9 @@ class Scope:
     roles: tuple[str, ...] = ()
     user_id: uuid.UUID | None = None
     login_email: str | None = None
+    # Called inside the transaction once the settings are in place, e.g. to confirm that
+    # the caller's token has not been revoked; it raises to abort the transaction.
+    check: Callable[[Connection], None] | None = field(default=None, compare=False)
 
 
 @contextmanager
@@ -49,4 +52,6 @@ def scoped_transaction(engine: Engine, scope: Scope) -> Iterator[Connection]:
                 "login_email": (scope.login_email or "").lower(),
             },
         )
+        if scope.check is not None:
+            scope.check(connection)
         yield connection

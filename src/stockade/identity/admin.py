@@ -196,3 +196,21 @@ def _check_redirect_uri(uri: str) -> None:
     loopback = re.match(r"^http://(127\.0\.0\.1|\[::1\]|localhost)(:\d+)?(/|$)", uri)
     if not (uri.startswith("https://") or loopback):
         raise AdminError(f"redirect URI {uri!r} must use https, or http on a loopback address")
+
+
+def set_disabled(owner: Engine, email: str, *, disabled: bool) -> None:
+    """Disable a user, which stops their tokens on the next request, or enable them again."""
+    email = email.strip().lower()
+    with owner.begin() as conn:
+        row = conn.execute(
+            text(
+                "update users set disabled_at = case when :disabled then now() end,"
+                " tokens_not_before = case when :disabled then now() else tokens_not_before end"
+                " where email = :email returning id"
+            ),
+            {"email": email, "disabled": disabled},
+        ).first()
+        if row is None:
+            raise AdminError(f"user {email} not found")
+        if disabled:
+            conn.execute(text("delete from browser_sessions where user_id = :id"), {"id": row[0]})

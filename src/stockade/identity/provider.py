@@ -23,9 +23,9 @@ from sqlalchemy import Connection
 from stockade.config import Settings
 from stockade.db import Database, Scope, scoped_transaction
 from stockade.errors import OAuthError
-from stockade.identity import store
+from stockade.identity import sessions, store
 from stockade.identity.store import Client, Grant, User
-from stockade.identity.tokens import TokenService
+from stockade.identity.tokens import InvalidToken, TokenService
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +80,7 @@ class _Rotation:
     refresh_token: str
     roles: list[str]
     user: User | None
+    live: bool = True
 
 
 def s256(verifier: str) -> str:
@@ -151,6 +152,7 @@ class Provider:
         tenant_id: uuid.UUID,
         amr: tuple[str, ...],
         authenticated_at: datetime,
+        browser_session: bytes | None,
     ) -> str:
         """Store a one-time code for the chosen tenant and return the client redirect."""
         code = store.new_tenant_token(tenant_id)
@@ -164,6 +166,7 @@ class Provider:
             redirect_uri=request.redirect_uri,
             nonce=request.nonce,
             code_challenge=request.code_challenge,
+            browser_session=browser_session,
         )
         scope = Scope(tenant_id=tenant_id, user_id=user_id)
         with scoped_transaction(self.db.app, scope) as conn:
@@ -245,7 +248,8 @@ class Provider:
                 family = store.refresh_token_family(conn, token)
                 if family is not None:
                     store.revoke_family(conn, family[0])
-                    reused = grant is None
+                    # A used token presented again is reuse; a revoked or expired one is not.
+                    reused = grant is None and family[2]
             elif not requested or set(requested.split()) <= set(grant.scope.split()):
                 rotation = self._rotate(conn, grant)
         if reused:
@@ -271,6 +275,17 @@ class Provider:
         """
         assert grant.family_id is not None
         refresh_token = store.new_tenant_token(grant.tenant_id)
+        if grant.from_code:
+            sessions.open_family(
+                conn,
+                family_id=grant.family_id,
+                tenant_id=grant.tenant_id,
+                user_id=grant.user_id,
+                client_id=grant.client_id,
+                browser_session=grant.browser_session,
+            )
+        elif not sessions.family_is_live(conn, grant.family_id, grant.user_id):
+            return _Rotation(refresh_token, [], None, live=False)
         roles = store.roles_in_tenant(conn, grant.tenant_id, grant.user_id)
         user = store.find_user(conn, grant.user_id)
         if roles and user is not None:
@@ -282,7 +297,10 @@ class Provider:
     ) -> dict[str, Any]:
         """Mint an access token, and an ID token when asked, next to the rotated refresh token."""
         assert rotation is not None
+        assert grant.family_id is not None
         refresh_token, roles, user = rotation.refresh_token, rotation.roles, rotation.user
+        if not rotation.live:
+            raise OAuthError("invalid_grant", "the session was signed out or the user disabled")
         if not roles or user is None:
             raise OAuthError("invalid_grant", "the user is no longer a member of this tenant")
 
@@ -295,6 +313,7 @@ class Provider:
             scope=grant.scope,
             amr=list(grant.amr),
             auth_time=auth_time,
+            family_id=grant.family_id,
         )
         response: dict[str, Any] = {
             "access_token": access_token,
@@ -324,15 +343,15 @@ class Provider:
     # Revocation endpoint
 
     def revoke(self, token: str, client: Client) -> None:
-        """Revoke a refresh token's family (RFC 7009); unknown tokens are ignored."""
-        if token.count(".") == 2 and token.startswith("eyJ"):
-            # Access tokens are self-contained JWTs that live at most 60 minutes.
-            # NOTE: revoking one needs a denylist consulted on every request; until that
-            # exists, RFC 7009 section 2.2.1 allows this answer.
-            raise OAuthError(
-                "unsupported_token_type",
-                "access tokens expire on their own; revoke the refresh token to end the session",
-            )
+        """Revoke the family of a refresh or access token (RFC 7009).
+
+        Either kind ends the whole family: its refresh tokens stop at once, and its access
+        tokens are refused on their next request. Unknown, expired or foreign tokens are
+        ignored, as RFC 7009 section 2.2 asks.
+        """
+        if token.count(".") == 2:
+            self._revoke_access_token(token, client)
+            return
         tenant_id = store.tenant_of_token(token)
         if tenant_id is None:
             return
@@ -340,6 +359,16 @@ class Provider:
             family = store.refresh_token_family(conn, token)
             if family is not None and family[1] == client.client_id:
                 store.revoke_family(conn, family[0])
+
+    def _revoke_access_token(self, token: str, client: Client) -> None:
+        try:
+            principal = self.tokens.verify_access_token(token)
+        except InvalidToken:
+            return
+        if principal.client_id != client.client_id or principal.family_id is None:
+            return
+        with scoped_transaction(self.db.app, Scope(tenant_id=principal.tenant_id)) as conn:
+            store.revoke_family(conn, principal.family_id)
 
 
 def _code_mismatch(grant: Grant, client: Client, redirect_uri: str, verifier: str) -> str | None:

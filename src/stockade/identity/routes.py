@@ -105,9 +105,7 @@ def authorize(request: Request) -> Response:
         )
     if len(choices) > 1 or authorization.prompt == "select_account":
         return tenant_picker(request, query, choices)
-    return issue_code_redirect(
-        request, authorization, user_id, choices[0].tenant_id, amr, authenticated_at
-    )
+    return issue_code_redirect(request, authorization, choices[0], user_id, amr, authenticated_at)
 
 
 def _redirect_error(
@@ -137,6 +135,8 @@ def _grant_tokens(
 ) -> dict[str, Any]:
     client = provider.authenticate_client(form, basic)
     grant_type = form.get("grant_type")
+    if not grant_type:
+        raise OAuthError("invalid_request", "the grant_type parameter is required")
     if grant_type == "authorization_code":
         return provider.exchange_code(form, client)
     if grant_type == "refresh_token":

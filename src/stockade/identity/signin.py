@@ -23,7 +23,7 @@ from starlette.datastructures import FormData
 
 from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
-from stockade.identity import store
+from stockade.identity import mfa, sessions, store, throttle
 from stockade.identity.passwords import dummy_hash, hash_password, needs_rehash, verify_password
 from stockade.identity.provider import AuthorizationRequest, AuthorizationRequestError, now_utc
 
@@ -58,23 +58,23 @@ def message_page(request: Request, heading: str, message: str, status: int) -> H
 # CSRF
 
 
-def _csrf_token(request: Request, cookie_value: str) -> str:
+def csrf_token_for(request: Request, cookie_value: str) -> str:
     key = request.app.state.keystore.get_or_create_secret("csrf-key").reveal().encode()
     return hmac.new(key, cookie_value.encode(), hashlib.sha256).hexdigest()
 
 
-def _csrf_cookie(request: Request) -> str:
+def csrf_cookie(request: Request) -> str:
     return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
 
 
-def _csrf_valid(request: Request, submitted: str) -> bool:
+def csrf_valid(request: Request, submitted: str) -> bool:
     cookie = request.cookies.get(CSRF_COOKIE)
     if not cookie or not submitted:
         return False
-    return hmac.compare_digest(_csrf_token(request, cookie), submitted)
+    return hmac.compare_digest(csrf_token_for(request, cookie), submitted)
 
 
-def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
         name,
         value,
@@ -86,6 +86,14 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, max
     )
 
 
+def render_form(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render a page with a form, adding its CSRF token and cookie."""
+    cookie = csrf_cookie(request)
+    response = render(request, name, status, csrf_token=csrf_token_for(request, cookie), **context)
+    set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
+    return response
+
+
 def login_form(
     request: Request,
     authorization_query: str,
@@ -94,35 +102,35 @@ def login_form(
     email: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    cookie = _csrf_cookie(request)
+    cookie = csrf_cookie(request)
     params = dict(parse_qsl(authorization_query))
     client = store.find_client(request.app.state.db.app, params.get("client_id", ""))
     response = render(
         request,
         "login.html",
         status,
-        csrf_token=_csrf_token(request, cookie),
+        csrf_token=csrf_token_for(request, cookie),
         authorization_request=authorization_query,
         client_name=client.name if client else None,
         error=error,
         email=email,
     )
-    _set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
+    set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
     return response
 
 
 def tenant_picker(
     request: Request, authorization_query: str, choices: list[store.TenantChoice]
 ) -> HTMLResponse:
-    cookie = _csrf_cookie(request)
+    cookie = csrf_cookie(request)
     response = render(
         request,
         "tenant.html",
-        csrf_token=_csrf_token(request, cookie),
+        csrf_token=csrf_token_for(request, cookie),
         authorization_request=authorization_query,
         choices=choices,
     )
-    _set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
+    set_cookie(request, response, CSRF_COOKIE, cookie, max_age=3600)
     return response
 
 
@@ -151,17 +159,22 @@ def _sign_in(request: Request, form: FormData) -> Response:
     email = str(form.get("email", "")).strip().lower()
     password = str(form.get("password", ""))
     query = str(form.get("request", ""))
-    if not _csrf_valid(request, str(form.get("csrf_token", ""))):
+    if not csrf_valid(request, str(form.get("csrf_token", ""))):
         return login_form(
             request, query, error="The form expired; please sign in again.", email=email, status=400
         )
 
     state = request.app.state
+    # Known and unknown e-mail addresses meet the same counters and the same answers.
+    attempt = state.throttle.begin(email, throttle.client_host(request))
+    if attempt.retry_after:
+        return _too_many_attempts(request, query, email, attempt.retry_after)
     user = store.find_user_by_email(state.db.app, email) if email else None
     # Verify against a dummy hash for unknown e-mail addresses so both cost the same.
     valid = verify_password(user.password_hash if user else dummy_hash(), password)
     if user is None or not valid:
         log.info("sign_in_failed", reason="bad_credentials")
+        state.throttle.record_failure(attempt, user.id if user else None)
         return login_form(
             request,
             query,
@@ -170,15 +183,35 @@ def _sign_in(request: Request, form: FormData) -> Response:
             status=401,
         )
 
+    state.throttle.record_success(attempt, user.id)
     if needs_rehash(user.password_hash):
         store.replace_password_hash(state.db.app, user.id, hash_password(password))
+    log.info("password_verified", user_id=str(user.id))
+    return start_session(request, user.id, query)
+
+
+def _too_many_attempts(request: Request, query: str, email: str, retry_after: int) -> Response:
+    """Answer 429 without checking the password, whether or not it is right."""
+    wait = throttle.wait_text(retry_after)
+    error = f"Too many sign-in attempts. Try again in {wait}."
+    response = login_form(request, query, error=error, email=email, status=429)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def start_session(request: Request, user_id: uuid.UUID, query: str) -> Response:
+    """Open a browser session after the password; a user with MFA must pass it next."""
+    state = request.app.state
+    pending = mfa.is_enrolled(state.db.app, user_id)
     raw = store.create_browser_session(
-        state.db.app, user.id, ["pwd"], state.settings.browser_session_hours
+        state.db.app, user_id, ["pwd"], state.settings.browser_session_hours, mfa_pending=pending
     )
-    log.info("sign_in_succeeded", user_id=str(user.id))
-    target = f"/oauth/authorize?{query}" if query else "/login/done"
+    if pending:
+        target = f"/login/mfa?{query}"
+    else:
+        target = f"/oauth/authorize?{query}" if query else "/account"
     response = RedirectResponse(target, status_code=303)
-    _set_cookie(
+    set_cookie(
         request, response, SESSION_COOKIE, raw, max_age=state.settings.browser_session_hours * 3600
     )
     return response
@@ -198,7 +231,7 @@ async def choose_tenant(request: Request) -> Response:
 
 def _choose_tenant(request: Request, form: FormData) -> Response:
     query = str(form.get("request", ""))
-    if not _csrf_valid(request, str(form.get("csrf_token", ""))):
+    if not csrf_valid(request, str(form.get("csrf_token", ""))):
         return message_page(request, "Form expired", "Please start signing in again.", 400)
     session = current_session(request)
     if session is None:
@@ -214,9 +247,7 @@ def _choose_tenant(request: Request, form: FormData) -> Response:
     chosen = next((c for c in choices if str(c.tenant_id) == form.get("tenant_id")), None)
     if chosen is None:
         return tenant_picker(request, query, choices)
-    return issue_code_redirect(
-        request, authorization, user_id, chosen.tenant_id, amr, authenticated_at
-    )
+    return issue_code_redirect(request, authorization, chosen, user_id, amr, authenticated_at)
 
 
 @router.post("/logout", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
@@ -225,11 +256,19 @@ async def logout(request: Request) -> Response:
 
 
 def _logout(request: Request, form: FormData) -> Response:
-    if not _csrf_valid(request, str(form.get("csrf_token", ""))):
+    if not csrf_valid(request, str(form.get("csrf_token", ""))):
         return message_page(request, "Form expired", "Reload the page and try again.", 400)
+    engine = request.app.state.db.app
     raw = request.cookies.get(SESSION_COOKIE)
-    if raw:
-        store.end_browser_session(request.app.state.db.app, raw)
+    session = current_session(request)
+    if raw and session is not None:
+        user_id = session[0]
+        if form.get("everywhere"):
+            sessions.sign_out_everywhere(engine, user_id)
+        else:
+            # Tokens that this sign-in issued stop at once; other devices stay signed in.
+            sessions.revoke_browser_session(engine, user_id, store.token_hash(raw))
+            store.end_browser_session(engine, raw)
     response = message_page(request, "Signed out", "You are signed out.", 200)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -238,22 +277,54 @@ def _logout(request: Request, form: FormData) -> Response:
 def issue_code_redirect(
     request: Request,
     authorization: AuthorizationRequest,
+    choice: store.TenantChoice,
     user_id: uuid.UUID,
-    tenant_id: uuid.UUID,
     amr: tuple[str, ...],
     authenticated_at: Any,
 ) -> Response:
+    """Redirect to the client with a code, or first to the MFA step a privileged role needs."""
+    detour = privileged_step(request, choice.roles, amr, authorization.query())
+    if detour is not None:
+        return detour
+    tenant_id = choice.tenant_id
     location = request.app.state.provider.issue_code(
         authorization,
         user_id=user_id,
         tenant_id=tenant_id,
         amr=amr,
         authenticated_at=authenticated_at or now_utc(),
+        browser_session=session_hash(request),
     )
     return RedirectResponse(location, status_code=303)
+
+
+def session_hash(request: Request) -> bytes | None:
+    raw = request.cookies.get(SESSION_COOKIE)
+    return store.token_hash(raw) if raw else None
 
 
 def authorization_error(request: Request, exc: AuthorizationRequestError) -> Response:
     if exc.redirect is None:
         return message_page(request, "Sign-in request rejected", exc.description, 400)
     return RedirectResponse(exc.redirect, status_code=303)
+
+
+def privileged_step(
+    request: Request, roles: tuple[str, ...], amr: tuple[str, ...], query: str
+) -> Response | None:
+    """Return where a privileged member without MFA must go first, or None to go on.
+
+    Members holding a privileged role get no token until their sign-in used a second
+    factor: enrolment if they have none, the code step if they have one.
+    """
+    state = request.app.state
+    if not set(roles) & state.policy.privileged_roles or "mfa" in amr:
+        return None
+    session = current_session(request)
+    raw = request.cookies.get(SESSION_COOKIE, "")
+    if session is None or not raw:
+        return login_form(request, query)
+    if mfa.is_enrolled(state.db.app, session[0]):
+        store.require_second_factor(state.db.app, raw)
+        return RedirectResponse(f"/login/mfa?{query}", status_code=303)
+    return RedirectResponse(f"/account/mfa?{query}", status_code=303)

@@ -73,16 +73,22 @@ class Grant:
     redirect_uri: str | None = None
     nonce: str | None = None
     code_challenge: str | None = None
+    browser_session: bytes | None = None
+    from_code: bool = False
 
 
 # Users and sessions
 
 
 def find_user_by_email(engine: Engine, email: str) -> User | None:
+    """Find an enabled user for sign-in; a disabled user is treated as unknown."""
     scope = Scope(login_email=email.lower())
     with scoped_transaction(engine, scope) as conn:
         row = conn.execute(
-            text("select id, email, password_hash from users where email = :email"),
+            text(
+                "select id, email, password_hash from users"
+                " where email = :email and disabled_at is null"
+            ),
             {"email": email.lower()},
         ).first()
     return User(*row) if row else None
@@ -104,29 +110,80 @@ def replace_password_hash(engine: Engine, user_id: uuid.UUID, password_hash: str
         )
 
 
-def create_browser_session(engine: Engine, user_id: uuid.UUID, amr: list[str], hours: int) -> str:
+def create_browser_session(
+    engine: Engine, user_id: uuid.UUID, amr: list[str], hours: int, *, mfa_pending: bool = False
+) -> str:
     raw = secrets.token_urlsafe(32)
     with scoped_transaction(engine, Scope(user_id=user_id)) as conn:
         conn.execute(
             text(
-                "insert into browser_sessions (id_hash, user_id, amr, expires_at)"
-                " values (:hash, :user, :amr, now() + make_interval(hours => :hours))"
+                "insert into browser_sessions (id_hash, user_id, amr, expires_at, mfa_pending)"
+                " values (:hash, :user, :amr, now() + make_interval(hours => :hours), :pending)"
             ),
-            {"hash": token_hash(raw), "user": user_id, "amr": amr, "hours": hours},
+            {
+                "hash": token_hash(raw),
+                "user": user_id,
+                "amr": amr,
+                "hours": hours,
+                "pending": mfa_pending,
+            },
         )
     return raw
 
 
-def browser_session(engine: Engine, raw: str) -> tuple[uuid.UUID, tuple[str, ...], datetime] | None:
+def browser_session(
+    engine: Engine, raw: str, *, pending: bool = False
+) -> tuple[uuid.UUID, tuple[str, ...], datetime] | None:
+    """Find a live session: a complete one, or with ``pending`` one awaiting its MFA step."""
     with scoped_transaction(engine, Scope()) as conn:
         row = conn.execute(
             text(
                 "select user_id, amr, authenticated_at from browser_sessions"
-                " where id_hash = :hash and expires_at > now()"
+                " where id_hash = :hash and expires_at > now() and mfa_pending = :pending"
             ),
-            {"hash": token_hash(raw)},
+            {"hash": token_hash(raw), "pending": pending},
         ).first()
     return (row[0], tuple(row[1]), row[2]) if row else None
+
+
+def complete_second_factor(engine: Engine, raw: str, amr: list[str]) -> None:
+    """Record a passed second factor: the session is complete and says how."""
+    with scoped_transaction(engine, Scope()) as conn:
+        conn.execute(
+            text(
+                "update browser_sessions set mfa_pending = false, amr = :amr,"
+                " authenticated_at = now(), mfa_failures = 0 where id_hash = :hash"
+            ),
+            {"hash": token_hash(raw), "amr": amr},
+        )
+
+
+def require_second_factor(engine: Engine, raw: str) -> None:
+    """Send a password-only session back through the MFA step (step-up)."""
+    with scoped_transaction(engine, Scope()) as conn:
+        conn.execute(
+            text("update browser_sessions set mfa_pending = true where id_hash = :hash"),
+            {"hash": token_hash(raw)},
+        )
+
+
+def count_second_factor_failure(engine: Engine, raw: str, limit: int) -> bool:
+    """Count a wrong code; at ``limit`` the session ends. Return whether it goes on."""
+    with scoped_transaction(engine, Scope()) as conn:
+        failures = conn.execute(
+            text(
+                "update browser_sessions set mfa_failures = mfa_failures + 1"
+                " where id_hash = :hash returning mfa_failures"
+            ),
+            {"hash": token_hash(raw)},
+        ).scalar()
+        if failures is None or failures >= limit:
+            conn.execute(
+                text("delete from browser_sessions where id_hash = :hash"),
+                {"hash": token_hash(raw)},
+            )
+            return False
+    return True
 
 
 def end_browser_session(engine: Engine, raw: str) -> None:
@@ -185,9 +242,10 @@ def store_code(conn: Connection, code: str, grant: Grant, lifetime_seconds: int)
     conn.execute(
         text(
             "insert into authorization_codes (code_hash, tenant_id, user_id, client_id,"
-            " redirect_uri, scope, nonce, code_challenge, amr, authenticated_at, expires_at)"
+            " redirect_uri, scope, nonce, code_challenge, amr, authenticated_at, expires_at,"
+            " browser_session)"
             " values (:hash, :tenant, :user, :client, :redirect, :scope, :nonce, :challenge,"
-            " :amr, :auth_at, now() + make_interval(secs => :lifetime))"
+            " :amr, :auth_at, now() + make_interval(secs => :lifetime), :session)"
         ),
         {
             "hash": token_hash(code),
@@ -201,6 +259,7 @@ def store_code(conn: Connection, code: str, grant: Grant, lifetime_seconds: int)
             "amr": list(grant.amr),
             "auth_at": grant.authenticated_at,
             "lifetime": lifetime_seconds,
+            "session": grant.browser_session,
         },
     )
 
@@ -212,7 +271,7 @@ def consume_code(conn: Connection, code: str, family_id: uuid.UUID) -> Grant | N
             "update authorization_codes set used_at = now(), family_id = :family"
             " where code_hash = :hash and used_at is null and expires_at > now()"
             " returning tenant_id, user_id, client_id, scope, amr, authenticated_at,"
-            " redirect_uri, nonce, code_challenge"
+            " redirect_uri, nonce, code_challenge, browser_session"
         ),
         {"hash": token_hash(code), "family": family_id},
     ).first()
@@ -229,6 +288,8 @@ def consume_code(conn: Connection, code: str, family_id: uuid.UUID) -> Grant | N
         redirect_uri=row[6],
         nonce=row[7],
         code_challenge=row[8],
+        browser_session=row[9],
+        from_code=True,
     )
 
 
@@ -292,15 +353,26 @@ def use_refresh_token(conn: Connection, token: str) -> Grant | None:
     )
 
 
-def refresh_token_family(conn: Connection, token: str) -> tuple[uuid.UUID, str] | None:
+def refresh_token_family(conn: Connection, token: str) -> tuple[uuid.UUID, str, bool] | None:
+    """Return a refresh token's family, client, and whether it was used before."""
     row = conn.execute(
-        text("select family_id, client_id from refresh_tokens where token_hash = :hash"),
+        text(
+            "select family_id, client_id, used_at is not null from refresh_tokens"
+            " where token_hash = :hash"
+        ),
         {"hash": token_hash(token)},
     ).first()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
 
 
 def revoke_family(conn: Connection, family_id: uuid.UUID) -> int:
+    conn.execute(
+        text(
+            "update token_families set revoked_at = now(), revoked_reason = 'reuse'"
+            " where id = :family and revoked_at is null"
+        ),
+        {"family": family_id},
+    )
     result = conn.execute(
         text(
             "update refresh_tokens set revoked_at = now()"

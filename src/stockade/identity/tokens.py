@@ -51,6 +51,7 @@ class TokenService:
             tenant_id={"essential": True},
             client_id={"essential": True},
             roles={"essential": True},
+            sid={"essential": True},
         )
 
     # Issuing
@@ -65,6 +66,7 @@ class TokenService:
         scope: str,
         amr: list[str],
         auth_time: int,
+        family_id: uuid.UUID,
     ) -> tuple[str, int]:
         now = int(time.time())
         lifetime = self.settings.access_token_minutes * 60
@@ -81,6 +83,7 @@ class TokenService:
             "tenant_id": str(tenant_id),
             "roles": roles,
             "amr": amr,
+            "sid": str(family_id),
         }
         return self._sign(claims, ACCESS_TOKEN_TYPE), lifetime
 
@@ -189,6 +192,8 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
             client_id=str(claims["client_id"]),
             amr=tuple(str(method) for method in amr),
             token_id=str(claims["jti"]),
+            family_id=uuid.UUID(claims["sid"]),
+            issued_at=int(claims["iat"]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidToken("sub or tenant_id is not a UUID") from exc
+        raise InvalidToken("sub, tenant_id or sid is not a UUID") from exc

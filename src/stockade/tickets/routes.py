@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from stockade.access.guard import Principal, require
 from stockade.db import scoped_transaction
@@ -16,9 +16,17 @@ from stockade.tickets import store
 
 router = APIRouter(prefix="/api/v1/tickets", tags=["tickets"])
 
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, so reject it here as bad input.
+    if "\x00" in value:
+        raise ValueError("text must not contain the NUL character")
+    return value
+
+
 Status = Literal["open", "pending", "closed"]
-Title = Annotated[str, Field(min_length=1, max_length=200)]
-Body = Annotated[str, Field(max_length=20_000)]
+Title = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+Body = Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)]
 
 
 class TicketIn(BaseModel):

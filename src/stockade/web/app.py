@@ -16,11 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockade.access.guard import declared_permissions, require
 from stockade.access.policy import AUTHENTICATED, PUBLIC, Policy
+from stockade.audit import routes as audit_routes
 from stockade.errors import OAuthError, Problem, Unprocessable
+from stockade.identity import account, signin
 from stockade.identity import routes as oauth_routes
-from stockade.identity import signin
 from stockade.identity.bearer import BearerAuthenticator
 from stockade.identity.provider import Provider
+from stockade.identity.throttle import SignInThrottle
 from stockade.identity.tokens import TokenService
 from stockade.runtime import Runtime
 from stockade.tickets import routes as ticket_routes
@@ -48,10 +50,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.tokens = tokens
     app.state.provider = Provider(runtime.settings, runtime.db, tokens)
     app.state.authenticator = BearerAuthenticator(tokens)
+    app.state.throttle = SignInThrottle(runtime.db.app, runtime.keystore)
 
     app.include_router(oauth_routes.router)
     app.include_router(signin.router)
+    app.include_router(account.router)
     app.include_router(ticket_routes.router)
+    app.include_router(audit_routes.router)
     _add_meta_routes(app)
     _add_error_handlers(app)
     app.add_middleware(RequestLogMiddleware)
@@ -163,14 +168,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         problem.title = str(exc.detail)
         return _problem_response(request, problem)
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path)
-        if _is_oauth(request):
-            return JSONResponse(
-                {"error": "server_error", "error_description": "internal error"}, status_code=500
-            )
-        return _problem_response(request, Problem("an internal error occurred; see the server log"))
+
+def _internal_error(path: str) -> JSONResponse:
+    if path.startswith("/oauth/"):
+        body = {"error": "server_error", "error_description": "internal error"}
+        return JSONResponse(body, status_code=500)
+    problem = Problem("an internal error occurred; see the server log")
+    return JSONResponse(problem.body(path), status_code=500, media_type="application/problem+json")
 
 
 class RequestLogMiddleware:
@@ -186,11 +190,13 @@ class RequestLogMiddleware:
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
@@ -198,6 +204,13 @@ class RequestLogMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answer here, so the error becomes one structured log line and a clean 500
+            # rather than the server's plain-text traceback.
+            log.exception("unhandled_error", path=scope["path"])
+            if not response_started:
+                response = _internal_error(scope["path"])
+                await response(scope, receive, send_with_id)
         finally:
             log.info(
                 "request",

@@ -1,0 +1,133 @@
+"""Token families and the per-request check that revocation takes effect at once.
+
+Access tokens are JWTs that live up to 60 minutes. Each names its family (`sid`), and
+every request checks, in the request's own transaction, that the family is live, the
+user is still a member and not disabled, and the token is newer than the user's
+``tokens_not_before``. Sign-out, "sign out everywhere", removing a member and
+disabling a user therefore stop tokens on their next request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, text
+
+from stockade.access.guard import Principal
+from stockade.db import Scope, scoped_transaction
+from stockade.errors import Unauthorized
+
+_ACTIVE = text(
+    "select"
+    " (select f.revoked_at is null from token_families f"
+    "  where f.id = :family and f.tenant_id = :tenant and f.user_id = :user),"
+    " exists (select 1 from memberships m where m.tenant_id = :tenant and m.user_id = :user),"
+    " (select u.disabled_at is null and u.tokens_not_before <= to_timestamp(:issued_at)"
+    "  from users u where u.id = :user)"
+)
+
+
+def open_family(
+    conn: Connection,
+    *,
+    family_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    client_id: str,
+    browser_session: bytes | None,
+) -> None:
+    conn.execute(
+        text(
+            "insert into token_families (id, tenant_id, user_id, client_id, browser_session)"
+            " values (:id, :tenant, :user, :client, :session)"
+        ),
+        {
+            "id": family_id,
+            "tenant": tenant_id,
+            "user": user_id,
+            "client": client_id,
+            "session": browser_session,
+        },
+    )
+
+
+def family_is_live(conn: Connection, family_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Tell whether a refresh may continue the family: not revoked, user not disabled."""
+    row = conn.execute(
+        text(
+            "select f.revoked_at is null and u.disabled_at is null"
+            " and f.created_at >= u.tokens_not_before"
+            " from token_families f join users u on u.id = f.user_id"
+            " where f.id = :family and f.user_id = :user"
+        ),
+        {"family": family_id, "user": user_id},
+    ).first()
+    return bool(row and row[0])
+
+
+def assert_active(conn: Connection, principal: Principal) -> None:
+    """Raise ``Unauthorized`` unless the principal's token is still live."""
+    if principal.family_id is None:
+        raise Unauthorized("the access token names no session")
+    row = conn.execute(
+        _ACTIVE,
+        {
+            "family": principal.family_id,
+            "tenant": principal.tenant_id,
+            "user": principal.user_id,
+            "issued_at": principal.issued_at,
+        },
+    ).one()
+    if not all(row):
+        raise Unauthorized("the access token has been revoked")
+
+
+def revoke_member(conn: Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, reason: str) -> int:
+    """Revoke every token family of one member of one tenant; return how many."""
+    result = conn.execute(
+        text(
+            "update token_families set revoked_at = now(), revoked_reason = :reason"
+            " where tenant_id = :tenant and user_id = :user and revoked_at is null"
+        ),
+        {"tenant": tenant_id, "user": user_id, "reason": reason},
+    )
+    conn.execute(
+        text(
+            "update refresh_tokens set revoked_at = now()"
+            " where tenant_id = :tenant and user_id = :user and revoked_at is null"
+        ),
+        {"tenant": tenant_id, "user": user_id},
+    )
+    return result.rowcount
+
+
+def revoke_browser_session(engine: Engine, user_id: uuid.UUID, session_hash: bytes) -> None:
+    """Revoke the families that one browser sign-in started, in every tenant."""
+    with scoped_transaction(engine, Scope(user_id=user_id)) as conn:
+        conn.execute(
+            text(
+                "update token_families set revoked_at = now(), revoked_reason = 'sign-out'"
+                " where user_id = :user and browser_session = :session and revoked_at is null"
+            ),
+            {"user": user_id, "session": session_hash},
+        )
+
+
+def sign_out_everywhere(engine: Engine, user_id: uuid.UUID) -> datetime:
+    """Refuse every token issued so far to the user, and end their browser sessions."""
+    with scoped_transaction(engine, Scope(user_id=user_id)) as conn:
+        moment: datetime = conn.execute(
+            text("update users set tokens_not_before = now() where id = :user returning now()"),
+            {"user": user_id},
+        ).scalar_one()
+        conn.execute(
+            text(
+                "update token_families set revoked_at = now(),"
+                " revoked_reason = 'sign-out-everywhere'"
+                " where user_id = :user and revoked_at is null"
+            ),
+            {"user": user_id},
+        )
+        conn.execute(text("delete from browser_sessions where user_id = :user"), {"user": user_id})
+    return moment
