@@ -7,6 +7,7 @@ B's rows by name, so only row-level security keeps them from the data.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
+from stockade.access import approvals
 from stockade.audit.trail import record_event
 from stockade.db import Scope, scoped_transaction
 from stockade.identity import store
@@ -246,6 +248,24 @@ def seed_audit_event(app_engine: Engine, member: Member) -> None:
         record_event(conn, tenant_id=member.tenant_id, action="tickets:seeded")
 
 
+def seed_member_rows(app_engine: Engine, member: Member, invitee: Member) -> None:
+    """Open a grant request and an invitation for ``invitee``, as the members API does."""
+    with scoped_transaction(app_engine, full_scope(member)) as conn:
+        approvals.request_grant(conn, member.tenant_id, invitee.user_id, "admin", member.user_id)
+        conn.execute(
+            text(
+                "insert into invitations (token_hash, tenant_id, user_id, invited_by, expires_at)"
+                " values (:hash, :tenant, :user, :by, now() + interval '1 day')"
+            ),
+            {
+                "hash": secrets.token_bytes(32),
+                "tenant": member.tenant_id,
+                "user": invitee.user_id,
+                "by": member.user_id,
+            },
+        )
+
+
 @pytest.fixture
 def pair(factory: Factory, runtime: Runtime) -> SeededPair:
     client_id = factory.client(REDIRECT_URI).client_id
@@ -254,6 +274,8 @@ def pair(factory: Factory, runtime: Runtime) -> SeededPair:
     for member in (a, b):
         seed_oauth_rows(runtime.db.app, member, client_id)
         seed_audit_event(runtime.db.app, member)
+        invitee = factory.member((member.tenant_id, member.tenant), roles=("viewer",))
+        seed_member_rows(runtime.db.app, member, invitee)
     return SeededPair(a, b, factory.ticket(a, "ticket of a"), factory.ticket(b, "ticket of b"))
 
 
@@ -291,9 +313,17 @@ def test_other_tenant_rows_invisible(runtime: Runtime, pair: SeededPair, tables:
 def test_other_tenant_and_its_users_invisible(runtime: Runtime, pair: SeededPair) -> None:
     with scoped_transaction(runtime.db.app, full_scope(pair.a)) as conn:
         tenants = conn.execute(text("select id from tenants")).scalars().all()
-        users = conn.execute(text("select id from users")).scalars().all()
+        users = set(conn.execute(text("select id from users")).scalars().all())
+    with runtime.db.owner.begin() as conn:
+        members_of_a = set(
+            conn.execute(
+                text("select user_id from memberships where tenant_id = :t"),
+                {"t": pair.a.tenant_id},
+            ).scalars()
+        )
     assert tenants == [pair.a.tenant_id]
-    assert users == [pair.a.user_id]
+    assert users == members_of_a
+    assert pair.b.user_id not in users
 
 
 def test_other_tenant_rows_unchangeable(

@@ -4,6 +4,7 @@
     ├── Unauthorized        401  (adds WWW-Authenticate)
     ├── Forbidden           403
     ├── NotFound            404  "not found" and "not yours" look the same
+    ├── Conflict            409
     └── Unprocessable       422
     OAuthError                   RFC 6749 error JSON, for /oauth routes
 
@@ -63,6 +64,12 @@ class NotFound(Problem):
     status = 404
     code = "not-found"
     title = "Not found"
+
+
+class Conflict(Problem):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
 
 
 class Unprocessable(Problem):

@@ -1,5 +1,5 @@
 """Sign-in throttling through the real ``/login`` form: growing delays, the lock, its
-expiry, the per-address budget, and answers that never tell whether an account exists.
+expiry, the per-address budget, and responses that do not reveal whether an account exists.
 
 The throttle's clock is a fake that the tests move forward, so waits of seconds and
 minutes cost nothing. Each test signs in from its own documentation address
@@ -87,7 +87,7 @@ class Browser:
         )
 
     def patient_attempts(self, clock: FakeClock, email: str, count: int) -> list[Answer]:
-        """Post wrong passwords, waiting out each delay as told, but not a lock."""
+        """Post wrong passwords, waiting out each delay that Retry-After gives, but not a lock."""
         answers = []
         for _ in range(count):
             answer = self.sign_in(email, WRONG_PASSWORD)

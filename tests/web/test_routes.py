@@ -27,7 +27,8 @@ EXPECTED_PUBLIC = {
     "/logout",  # sign-in pages
     "/login/mfa",
     "/account",
-    "/account/mfa",  # pages that check the browser session themselves
+    "/account/mfa",
+    "/invitation",  # pages that check the browser session or a token themselves
     "/openapi.json",
     "/health",
     "/",

@@ -32,7 +32,7 @@ class Event(BaseModel):
 
 class EventPage(BaseModel):
     items: list[Event]
-    # Pass as ``before`` to read the next, older page; null on the last page.
+    # The ``before`` value that reads the next, older page, or null on the last page.
     next_before: int | None
 
 

@@ -40,7 +40,7 @@ ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*$")
 # The key store secret that client addresses are hashed with before they are stored.
 CLIENT_ADDRESS_KEY = "client-address-key"
 # Advisory locks with two int4 keys: this namespace, then a number for the chain. The
-# platform chain uses 0; a tenant uses the first 4 bytes of its id. Two tenants that
+# platform chain uses 0, and a tenant uses the first 4 bytes of its id. Two tenants that
 # share a number only take turns, because the (tenant_id, seq) key keeps chains apart.
 _LOCK_NAMESPACE = 0x61756474
 _PLATFORM_LOCK_KEY = 0
@@ -89,12 +89,12 @@ class AuditAction(StrEnum):
 
 
 class AuditError(ValueError):
-    """An event cannot be recorded as given; the message names the field."""
+    """An event that cannot be recorded as given. The message names the field."""
 
 
 @dataclass(frozen=True)
 class AuditEvent:
-    """One recorded event; ``tenant_id`` is None on the platform chain."""
+    """One recorded event. ``tenant_id`` is None on the platform chain."""
 
     tenant_id: uuid.UUID | None
     seq: int
@@ -205,7 +205,7 @@ def list_events(
 ) -> list[AuditEvent]:
     """List a tenant's events, newest first, with a seq below ``before`` when given.
 
-    ``conn`` is a scoped transaction; RLS shows rows only to a role with ``audit:read``.
+    ``conn`` is a scoped transaction, and RLS shows rows only to a role with ``audit:read``.
     """
     rows = conn.execute(
         _PAGE_TENANT,
@@ -215,12 +215,12 @@ def list_events(
 
 
 def verify_chain(owner: Engine, tenant_id: uuid.UUID) -> list[ChainBreak]:
-    """Recompute a tenant's chain as the owner role; an empty list means it is intact."""
+    """Recompute a tenant's chain as the owner role and return its breaks, if any."""
     return _verify_rows(owner, _CHAIN_TENANT, {"tenant_id": tenant_id})
 
 
 def verify_platform_chain(owner: Engine) -> list[ChainBreak]:
-    """Recompute the platform chain as the owner role; an empty list means it is intact."""
+    """Recompute the platform chain as the owner role and return its breaks, if any."""
     return _verify_rows(owner, _CHAIN_PLATFORM, {})
 
 
@@ -328,7 +328,7 @@ def _check_json(value: object, path: str) -> None:
     """Raise ``AuditError`` unless ``value`` survives a jsonb round trip unchanged.
 
     PostgreSQL's jsonb rewrites the text of some numbers (``1e+16`` comes back as
-    ``10000000000000000``), which would change the hash, so floats are refused.
+    ``10000000000000000``), which would change the hash, so floats are rejected.
     """
     if value is None or isinstance(value, str | bool | int):
         return

@@ -8,6 +8,7 @@ import segno
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
@@ -15,6 +16,7 @@ from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
 from stockade.db import Scope, scoped_transaction
 from stockade.identity import mfa, store
+from stockade.identity.passwords import PasswordRejected, check_new_password, hash_password
 from stockade.identity.signin import (
     SESSION_COOKIE,
     csrf_valid,
@@ -159,3 +161,80 @@ def _pending_user(request: Request) -> uuid.UUID | None:
         return None
     session = store.browser_session(request.app.state.db.app, raw, pending=True)
     return session[0] if session else None
+
+
+def _invitation(request: Request, token: str) -> tuple[uuid.UUID, uuid.UUID, str, str] | None:
+    """Find a live invitation: its tenant, user, the user's e-mail and the tenant name."""
+    tenant_id = store.tenant_of_token(token)
+    if tenant_id is None:
+        return None
+    with scoped_transaction(request.app.state.db.app, Scope(tenant_id=tenant_id)) as conn:
+        row = conn.execute(
+            text(
+                "select i.user_id, t.name from invitations i join tenants t on t.id = i.tenant_id"
+                " where i.token_hash = :hash and i.accepted_at is null and i.expires_at > now()"
+            ),
+            {"hash": store.token_hash(token)},
+        ).first()
+    if row is None:
+        return None
+    return tenant_id, row[0], _user_email(request, row[0]), row[1]
+
+
+@router.get("/invitation", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+def show_invitation(request: Request, token: str = "") -> Response:
+    found = _invitation(request, token)
+    if found is None:
+        return message_page(request, "Invitation", "This invitation is invalid or expired.", 404)
+    return render_form(
+        request, "invitation.html", token=token, email=found[2], tenant_name=found[3]
+    )
+
+
+@router.post("/invitation", response_class=HTMLResponse, dependencies=[require(PUBLIC)])
+async def accept_invitation(request: Request) -> Response:
+    return await run_in_threadpool(_accept_invitation, request, await request.form())
+
+
+def _accept_invitation(request: Request, form: FormData) -> Response:
+    token = str(form.get("token", ""))
+    if not csrf_valid(request, str(form.get("csrf_token", ""))):
+        return message_page(request, "Form expired", "Reload the invitation link.", 400)
+    found = _invitation(request, token)
+    if found is None:
+        return message_page(request, "Invitation", "This invitation is invalid or expired.", 404)
+    tenant_id, user_id, email, tenant_name = found
+    password = str(form.get("password", ""))
+    try:
+        check_new_password(password, email=email, previous_hashes=[])
+    except PasswordRejected as exc:
+        return render_form(
+            request,
+            "invitation.html",
+            400,
+            token=token,
+            email=email,
+            tenant_name=tenant_name,
+            error=str(exc),
+        )
+    scope = Scope(tenant_id=tenant_id, user_id=user_id)
+    with scoped_transaction(request.app.state.db.app, scope) as conn:
+        accepted = conn.execute(
+            text(
+                "update invitations set accepted_at = now() where token_hash = :hash"
+                " and accepted_at is null returning 1"
+            ),
+            {"hash": store.token_hash(token)},
+        ).first()
+        if accepted is not None:
+            conn.execute(
+                text(
+                    "update users set password_hash = :hash, password_changed_at = now()"
+                    " where id = :user"
+                ),
+                {"hash": hash_password(password), "user": user_id},
+            )
+    if accepted is None:
+        return message_page(request, "Invitation", "This invitation was used already.", 409)
+    log.info("invitation_accepted", user_id=str(user_id), tenant_id=str(tenant_id))
+    return message_page(request, "Welcome", "Your password is set. You can sign in now.", 200)

@@ -165,7 +165,7 @@ def _sign_in(request: Request, form: FormData) -> Response:
         )
 
     state = request.app.state
-    # Known and unknown e-mail addresses meet the same counters and the same answers.
+    # Known and unknown e-mail addresses meet the same counters and get the same responses.
     attempt = state.throttle.begin(email, throttle.client_host(request))
     if attempt.retry_after:
         return _too_many_attempts(request, query, email, attempt.retry_after)
@@ -191,7 +191,7 @@ def _sign_in(request: Request, form: FormData) -> Response:
 
 
 def _too_many_attempts(request: Request, query: str, email: str, retry_after: int) -> Response:
-    """Answer 429 without checking the password, whether or not it is right."""
+    """Return 429 and the wait, without checking the password, whether or not it is right."""
     wait = throttle.wait_text(retry_after)
     error = f"Too many sign-in attempts. Try again in {wait}."
     response = login_form(request, query, error=error, email=email, status=429)

@@ -2,17 +2,18 @@
 
 Every sign-in attempt meets two counters: one for the e-mail address typed in, whether
 or not an account has it, and one for the client's network. While either counter is
-delayed or locked, the attempt is refused with the seconds to wait and its password is
-never checked. Otherwise the attempt counts as a failure before the password is checked,
+delayed or locked, the attempt is rejected with the seconds to wait and its password is
+not checked. Otherwise the attempt counts as a failure before the password is checked,
 so a burst of parallel requests cannot slip past the limits. A right password then
-resets the account counter and takes back its count at the address. A wrong one stands.
+resets the account counter and takes back its count at the address. A wrong password
+keeps its count.
 
-NOTE: a refused attempt is answered at once with 429 and Retry-After instead of
-sleeping. A sleeping request would hold a worker of the thread pool (40 by default), so
-a few dozen delayed attempts could stall every sign-in on the server.
+NOTE: a rejected attempt gets 429 with Retry-After at once instead of a sleep. A
+sleeping request would hold a worker of the thread pool (40 by default in AnyIO), so a
+few dozen delayed attempts could stall every sign-in on the server.
 
-Unknown e-mail addresses go through the same counters and the same answers, so the
-throttle never tells whether an account exists. Every failure, lock and unlock is an
+Unknown e-mail addresses go through the same counters and get the same responses, so
+the throttle does not reveal whether an account exists. Every failure, lock and unlock is an
 audit event: in each tenant of a known account, on the platform chain otherwise.
 """
 
@@ -99,11 +100,11 @@ ADDRESS_LIMITS = Limits(
 )
 
 # Each accepted attempt deletes up to this many idle counters. A counter is idle when its
-# window has passed and it is not delayed or locked, so deleting it changes no answer.
+# window has passed and it is not delayed or locked, so deleting it changes no decision.
 _PRUNE_BATCH = 20
 # An expired lock is cleared, with a signin:unlocked event, by the key's next attempt.
-# A lock that sees no attempt for this long is deleted without that event. Its
-# signin:locked event still records when it ended.
+# A lock that ended this long ago without a further attempt is deleted without that
+# event. Its signin:locked event still records when it ended.
 _FORGET_LOCKS_AFTER = timedelta(days=1)
 
 _SELECT = text(
@@ -140,7 +141,7 @@ _TAKE_BACK = text(
 
 @dataclass(frozen=True)
 class Counter:
-    """What an accepted attempt did to one counter, assuming its password is wrong."""
+    """The change an accepted attempt made to one counter, as if its password were wrong."""
 
     kind: str
     digest: str
@@ -209,7 +210,7 @@ class SignInThrottle:
         self.limits = {"account": account_limits, "address": address_limits}
 
     def begin(self, email: str, address: str) -> Attempt:
-        """Refuse the attempt while a counter waits, or count it as a failure in advance."""
+        """Reject the attempt while a counter is delayed or locked, else count it as failed."""
         now = self.clock()
         key = self.keystore.get_or_create_secret(ACCOUNT_KEY).reveal().encode()
         email_digest = hmac.new(key, email.lower().encode(), hashlib.sha256).hexdigest()
@@ -228,10 +229,10 @@ class SignInThrottle:
                 seconds = max(1, math.ceil(wait.total_seconds()))
                 log.info("sign_in_throttled", retry_after=seconds)
                 return Attempt(seconds, address_digest, email_digest)
-            account, network = (
+            account, network = [
                 self._count(conn, kind, digest, state, now)
                 for (kind, digest), state in zip(keys, states, strict=True)
-            )
+            ]
             conn.execute(
                 _PRUNE,
                 {
@@ -244,7 +245,11 @@ class SignInThrottle:
         return Attempt(0, address_digest, email_digest, account, network)
 
     def record_failure(self, attempt: Attempt, user_id: uuid.UUID | None) -> None:
-        """Audit a wrong password: the failure, and any lock it starts or ended."""
+        """Audit a wrong password: the failure, and any lock it starts or ended.
+
+        The events are written after the counters' transaction has committed, so a crash
+        in between loses the events but never the count.
+        """
         account, network = _counters(attempt)
         events: list[tuple[AuditAction, dict[str, Any]]] = []
         if account.lock_ended_at:
@@ -305,6 +310,11 @@ class SignInThrottle:
 
         An e-mail address without an account, or an account in no tenant, has no tenant
         to hold the events.
+
+        NOTE: this takes about 0.6 ms longer for a known account in one tenant than for an
+        unknown address (median of 200 calls each, embedded PostgreSQL, 2 CPUs), next to
+        about 100 ms of argon2. The account limits allow about 10 samples per e-mail
+        address per 15 minutes, too few to measure that difference reliably.
         """
         tenants = store.tenant_choices(self.engine, user_id) if user_id else []
         for tenant in tenants:
@@ -359,7 +369,7 @@ def _wait(state: _State, now: datetime) -> timedelta:
 
 def _counters(attempt: Attempt) -> tuple[Counter, Counter]:
     if attempt.account is None or attempt.network is None:
-        raise ValueError("a refused attempt checked no password; it has nothing to record")
+        raise ValueError("cannot record the outcome of a rejected attempt: it checked no password")
     return attempt.account, attempt.network
 
 

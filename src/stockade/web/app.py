@@ -18,7 +18,7 @@ from stockade.access.guard import declared_permissions, require
 from stockade.access.policy import AUTHENTICATED, PUBLIC, Policy
 from stockade.audit import routes as audit_routes
 from stockade.errors import OAuthError, Problem, Unprocessable
-from stockade.identity import account, signin
+from stockade.identity import account, members, signin
 from stockade.identity import routes as oauth_routes
 from stockade.identity.bearer import BearerAuthenticator
 from stockade.identity.provider import Provider
@@ -55,6 +55,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(oauth_routes.router)
     app.include_router(signin.router)
     app.include_router(account.router)
+    app.include_router(members.router)
     app.include_router(ticket_routes.router)
     app.include_router(audit_routes.router)
     _add_meta_routes(app)

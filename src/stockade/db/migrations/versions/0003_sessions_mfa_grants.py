@@ -76,10 +76,58 @@ alter table browser_sessions
     add column mfa_failures integer not null default 0;
 """
 
+_MEMBERS = """
+-- Granting a privileged role waits here until a second admin decides. The checks keep
+-- the requester, and the member who would get the role, from deciding it.
+create table grant_requests (
+    id uuid primary key default gen_random_uuid(),
+    tenant_id uuid not null references tenants (id) on delete cascade,
+    user_id uuid not null references users (id) on delete cascade,
+    role text not null,
+    requested_by uuid not null references users (id) on delete cascade,
+    status text not null default 'pending'
+        check (status in ('pending', 'approved', 'rejected', 'cancelled')),
+    decided_by uuid references users (id) on delete set null,
+    decided_at timestamptz,
+    created_at timestamptz not null default now(),
+    check (decided_by is null or (decided_by <> requested_by and decided_by <> user_id))
+);
+create unique index grant_requests_one_pending on grant_requests (tenant_id, user_id, role)
+    where status = 'pending';
+alter table grant_requests enable row level security;
+alter table grant_requests force row level security;
+create policy members_manage on grant_requests
+    using (tenant_id = (select stockade_tenant()) and (select stockade_can('members:manage')))
+    with check (tenant_id = (select stockade_tenant()) and (select stockade_can('members:manage')));
+
+-- An invited user without a password sets one through the invitation link.
+create table invitations (
+    token_hash bytea primary key,
+    tenant_id uuid not null references tenants (id) on delete cascade,
+    user_id uuid not null references users (id) on delete cascade,
+    invited_by uuid references users (id) on delete set null,
+    created_at timestamptz not null default now(),
+    expires_at timestamptz not null,
+    accepted_at timestamptz
+);
+alter table invitations enable row level security;
+alter table invitations force row level security;
+create policy tenant_scope on invitations
+    using (tenant_id = (select stockade_tenant()))
+    with check (tenant_id = (select stockade_tenant()));
+
+-- Inviting creates the user row; a user row grants nothing without a membership.
+create policy user_invite on users for insert
+    with check ((select stockade_can('members:manage')));
+"""
+
 _GRANTS = {
     "token_families": "select, insert, update",
     "mfa_totp": "select, insert, update, delete",
     "mfa_recovery_codes": "select, insert, update, delete",
+    "grant_requests": "select, insert, update",
+    "invitations": "select, insert, update",
+    "users": "insert",
 }
 
 
@@ -87,5 +135,6 @@ def upgrade() -> None:
     role = op.get_bind().dialect.identifier_preparer.quote(context.config.attributes["app_role"])
     op.execute(_SESSIONS)
     op.execute(_MFA)
+    op.execute(_MEMBERS)
     for table, privileges in _GRANTS.items():
         op.execute(f"grant {privileges} on {table} to {role}")
