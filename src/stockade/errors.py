@@ -45,13 +45,28 @@ class Unauthorized(Problem):
     code = "unauthorized"
     title = "Authentication required"
 
-    def __init__(self, detail: str, *, error: str = "invalid_token", explain: bool = False) -> None:
-        # RFC 6750 section 3: the challenge names the error. It describes the error only
-        # when told to, since for a bad token that would tell which check failed.
-        challenge = f'Bearer error="{error}"' if error else "Bearer"
+    def __init__(
+        self,
+        detail: str,
+        *,
+        error: str = "invalid_token",
+        explain: bool = False,
+        scheme: str = "Bearer",
+        params: dict[str, str] | None = None,
+    ) -> None:
+        # RFC 6750 section 3 (Bearer) and RFC 9449 section 7.1 (DPoP): the challenge names
+        # the error. It describes the error only when told to, since for a bad token that
+        # would tell which check failed.
+        fields = dict(params or {})
+        if error:
+            fields["error"] = error
         if explain:
-            challenge += f', error_description="{detail}"'
-        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+            fields["error_description"] = detail
+        challenge = ", ".join(f'{name}="{value}"' for name, value in fields.items())
+        super().__init__(
+            detail, headers={"WWW-Authenticate": f"{scheme} {challenge}" if fields else scheme}
+        )
+        self.error = error
 
 
 class Forbidden(Problem):

@@ -17,6 +17,7 @@ from joserfc.jwk import KeySet
 
 from tests.conftest import TEST_PASSWORD, Factory, Member, bearer
 from tests.identity.test_oidc_client import REDIRECT_URI, _hidden, authlib_session
+from tests.identity.test_token_attacks import _redeem as redeem_code
 
 
 class Browser:
@@ -64,16 +65,7 @@ def _secret_from(page: httpx.Response) -> str:
 
 def _redeem(browser: Browser, client_id: str, callback: httpx.Response, verifier: str) -> dict:
     code = parse_qs(urlsplit(callback.headers["location"]).query)["code"][0]
-    response = browser.http.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT_URI,
-            "client_id": client_id,
-            "code_verifier": verifier,
-        },
-    )
+    response = redeem_code(browser.http, client_id, code, verifier)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -241,3 +233,23 @@ def test_enrolled_user_gets_code_step(browser: Browser, factory: Factory) -> Non
     step = _password_step(browser, member, client_id)
 
     assert "Enter your code" in step.text
+
+
+def test_code_guessing_costs_password_attempts(live_server: str, factory: Factory) -> None:
+    member = factory.member(roles=("admin",))
+    client_id = factory.client(REDIRECT_URI).client_id
+    setup = Browser(live_server)
+    _enrol(setup, member, client_id, secrets.token_urlsafe(48))
+    setup.close()
+
+    statuses = []
+    for _ in range(12):
+        browser = Browser(live_server)
+        statuses.append(_password_step(browser, member, client_id).status_code)
+        browser.close()
+        if statuses[-1] == 429:
+            break
+
+    # Five password steps pass freely; delays follow, and the tenth failure locks.
+    assert statuses[:5] == [200] * 5
+    assert statuses[-1] == 429

@@ -19,7 +19,7 @@ from tests.identity.test_oidc_client import (
     authlib_session,
     sign_in_with_authlib,
 )
-from tests.identity.test_token_attacks import _refresh
+from tests.identity.test_token_attacks import _redeem, _refresh
 
 
 def test_removed_member_refused_next_call(
@@ -100,16 +100,7 @@ def _browser_with_tokens(
     while not response.headers["location"].startswith(REDIRECT_URI):
         response = browser.get(response.headers["location"])
     code = parse_qs(urlsplit(response.headers["location"]).query)["code"][0]
-    tokens = browser.post(
-        "/oauth/token",
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT_URI,
-            "client_id": registered.client_id,
-            "code_verifier": verifier,
-        },
-    ).json()
+    tokens = _redeem(browser, registered.client_id, code, verifier).json()
     return browser, registered.client_id, tokens
 
 

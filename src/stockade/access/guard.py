@@ -29,6 +29,8 @@ class Principal:
     token_id: str
     family_id: uuid.UUID | None = None
     issued_at: int = 0
+    # RFC 7638 thumbprint of the DPoP key the token is bound to (its cnf.jkt), if any.
+    dpop_jkt: str | None = None
     # Privileged roles named by a token whose sign-in lacked MFA: they grant nothing.
     withheld_roles: tuple[str, ...] = ()
     # Run in each of the request's transactions; raises when the token was revoked.
@@ -46,7 +48,7 @@ class Principal:
 
 
 class Authenticator(Protocol):
-    def authenticate(self, request: Request) -> Principal:
+    async def authenticate(self, request: Request) -> Principal:
         """Return the request's principal or raise ``Unauthorized``."""
         ...
 
@@ -64,7 +66,7 @@ class Permit:
         if self.permission == PUBLIC:
             return None
         state = request.app.state
-        principal: Principal = state.authenticator.authenticate(request)
+        principal: Principal = await state.authenticator.authenticate(request)
         structlog.contextvars.bind_contextvars(
             tenant_id=str(principal.tenant_id), user_id=str(principal.user_id)
         )

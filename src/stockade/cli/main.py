@@ -24,7 +24,7 @@ from stockade.keys.local import KeyStoreError
 from stockade.runtime import Runtime, open_runtime
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-tenant_app = typer.Typer(no_args_is_help=True, help="Create tenants.")
+tenant_app = typer.Typer(no_args_is_help=True, help="Create tenants and set their policies.")
 user_app = typer.Typer(no_args_is_help=True, help="Create users and grant them roles.")
 client_app = typer.Typer(no_args_is_help=True, help="Register OAuth clients.")
 audit_app = typer.Typer(no_args_is_help=True, help="Check the audit trail.")
@@ -129,6 +129,27 @@ def tenant_create(
     finally:
         runtime.close()
     typer.echo(f"tenant {name} created: {tenant_id}")
+
+
+@tenant_app.command("require-dpop")
+@clear_errors
+def tenant_require_dpop(
+    name: str,
+    off: Annotated[
+        bool, typer.Option("--off", help="Accept unbound (Bearer) tokens again")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Require DPoP-bound tokens for every client of a tenant, or stop requiring them."""
+    runtime = _runtime(data_dir)
+    try:
+        admin.set_require_dpop(runtime.db.owner, name, required=not off)
+    finally:
+        runtime.close()
+    if off:
+        typer.echo(f"tenant {name} accepts Bearer tokens again")
+    else:
+        typer.echo(f"tenant {name} requires DPoP: unbound tokens stop on their next use")
 
 
 @user_app.command("create")

@@ -140,6 +140,7 @@ def _submit_second_factor(request: Request, form: FormData) -> Response:
     state = request.app.state
     if mfa.verify_second_factor(state.db.app, state.keystore, user_id, str(form.get("otp", ""))):
         store.complete_second_factor(state.db.app, raw, mfa.MFA_AMR)
+        state.throttle.clear_account(_user_email(request, user_id))
         log.info("mfa_passed", user_id=str(user_id))
         return RedirectResponse(_next_url(query), status_code=303)
 

@@ -67,6 +67,21 @@ def tenant_id_by_name(owner: Engine, name: str) -> uuid.UUID:
     return tenant_id
 
 
+def set_require_dpop(owner: Engine, name: str, *, required: bool) -> None:
+    """Make a tenant accept only DPoP-bound tokens, or unbound ones again.
+
+    Unbound access tokens of the tenant stop on their next request, since each request
+    reads the flag; unbound refresh tokens stop at their next use.
+    """
+    with owner.begin() as conn:
+        row = conn.execute(
+            text("update tenants set require_dpop = :required where name = :name returning id"),
+            {"required": required, "name": name},
+        ).first()
+    if row is None:
+        raise AdminError(f"tenant {name!r} not found; create it with 'stockade tenant create'")
+
+
 def add_user(
     owner: Engine,
     policy: Policy,

@@ -23,7 +23,8 @@ from sqlalchemy import Connection
 from stockade.config import Settings
 from stockade.db import Database, Scope, scoped_transaction
 from stockade.errors import OAuthError
-from stockade.identity import sessions, store
+from stockade.identity import binding, sessions, store
+from stockade.identity.dpop import ProofVerifier, ReplayCache
 from stockade.identity.store import Client, Grant, User
 from stockade.identity.tokens import InvalidToken, TokenService
 
@@ -93,10 +94,17 @@ def secret_digest(secret: str) -> bytes:
 
 
 class Provider:
-    def __init__(self, settings: Settings, db: Database, tokens: TokenService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        tokens: TokenService,
+        proofs: ProofVerifier | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.tokens = tokens
+        self.proofs = proofs or ProofVerifier(settings.issuer, ReplayCache(db.app))
 
     # Authorization endpoint
 
@@ -202,7 +210,15 @@ class Provider:
             raise _invalid_client("client authentication failed", basic)
         return client
 
-    def exchange_code(self, form: dict[str, str], client: Client) -> dict[str, Any]:
+    def verify_dpop(self, proof: str | None) -> str | None:
+        """Check the token request's DPoP proof, if any, and return its key's thumbprint."""
+        return binding.proof_thumbprint(self.proofs, proof)
+
+    def exchange_code(
+        self, form: dict[str, str], client: Client, dpop_jkt: str | None = None
+    ) -> dict[str, Any]:
+        """Redeem a code; with ``dpop_jkt`` the access token, and for a public client the
+        refresh token family, are bound to that DPoP key (RFC 9449 section 5)."""
         code = form.get("code", "")
         verifier = form.get("code_verifier", "")
         tenant_id = store.tenant_of_token(code)
@@ -215,6 +231,8 @@ class Provider:
         problem = None
         rotation = None
         with scoped_transaction(self.db.app, Scope(tenant_id=tenant_id)) as conn:
+            # Refused before the code is used, so the client may retry with a proof.
+            binding.require_proof_if_tenant_requires(conn, tenant_id, dpop_jkt)
             grant = store.consume_code(conn, code, family_id)
             if grant is None:
                 # RFC 6749 section 4.1.2: a code used twice revokes what it issued.
@@ -225,15 +243,19 @@ class Provider:
             else:
                 problem = _code_mismatch(grant, client, form.get("redirect_uri", ""), verifier)
                 if problem is None:
-                    rotation = self._rotate(conn, grant)
+                    rotation = self._rotate(conn, grant, binding.family_key(client, dpop_jkt))
         if grant is None:
             raise OAuthError("invalid_grant", "the authorization code is invalid or expired")
 
         if problem:
             raise OAuthError("invalid_grant", problem)
-        return self._issue(grant, rotation, include_id_token=True)
+        return self._issue(grant, rotation, include_id_token=True, dpop_jkt=dpop_jkt)
 
-    def refresh(self, form: dict[str, str], client: Client) -> dict[str, Any]:
+    def refresh(
+        self, form: dict[str, str], client: Client, dpop_jkt: str | None = None
+    ) -> dict[str, Any]:
+        """Rotate a refresh token. A family bound to a DPoP key needs a proof from that key;
+        the check runs before the token is used, so a refused refresh leaves it usable."""
         token = form.get("refresh_token", "")
         tenant_id = store.tenant_of_token(token)
         if tenant_id is None:
@@ -243,6 +265,7 @@ class Provider:
         reused = False
         rotation = None
         with scoped_transaction(self.db.app, Scope(tenant_id=tenant_id)) as conn:
+            binding.require_proof_if_tenant_requires(conn, tenant_id, dpop_jkt)
             grant = store.use_refresh_token(conn, token)
             if grant is None or grant.client_id != client.client_id:
                 family = store.refresh_token_family(conn, token)
@@ -251,7 +274,9 @@ class Provider:
                     # A used token presented again is reuse; a revoked or expired one is not.
                     reused = grant is None and family[2]
             elif not requested or set(requested.split()) <= set(grant.scope.split()):
-                rotation = self._rotate(conn, grant)
+                # Raising here rolls the transaction back, so the token stays unused.
+                binding.check_family_key(conn, grant, dpop_jkt)
+                rotation = self._rotate(conn, grant, binding.family_key(client, dpop_jkt))
         if reused:
             log.warning(
                 "refresh_token_reused", tenant_id=str(tenant_id), client_id=client.client_id
@@ -264,14 +289,15 @@ class Provider:
 
         if rotation is None:
             raise OAuthError("invalid_scope", "a refresh may not widen the granted scope")
-        return self._issue(grant, rotation, include_id_token=False)
+        return self._issue(grant, rotation, include_id_token=False, dpop_jkt=dpop_jkt)
 
-    def _rotate(self, conn: Connection, grant: Grant) -> _Rotation:
+    def _rotate(self, conn: Connection, grant: Grant, family_key: str | None) -> _Rotation:
         """Store the next refresh token of the grant's family if the user is still a member.
 
         Callers run this in the transaction that used the code or refresh token. That row
         stays locked until the new token is committed, so a concurrent reuse waits and its
-        family revocation then covers the new token as well.
+        family revocation then covers the new token as well. ``family_key`` binds the
+        family's refresh tokens to a DPoP key unless they are bound already.
         """
         assert grant.family_id is not None
         refresh_token = store.new_tenant_token(grant.tenant_id)
@@ -283,9 +309,12 @@ class Provider:
                 user_id=grant.user_id,
                 client_id=grant.client_id,
                 browser_session=grant.browser_session,
+                dpop_jkt=family_key,
             )
         elif not sessions.family_is_live(conn, grant.family_id, grant.user_id):
             return _Rotation(refresh_token, [], None, live=False)
+        elif family_key is not None:
+            sessions.bind_family(conn, grant.family_id, family_key)
         roles = store.roles_in_tenant(conn, grant.tenant_id, grant.user_id)
         user = store.find_user(conn, grant.user_id)
         if roles and user is not None:
@@ -293,7 +322,12 @@ class Provider:
         return _Rotation(refresh_token, roles, user)
 
     def _issue(
-        self, grant: Grant, rotation: _Rotation | None, *, include_id_token: bool
+        self,
+        grant: Grant,
+        rotation: _Rotation | None,
+        *,
+        include_id_token: bool,
+        dpop_jkt: str | None,
     ) -> dict[str, Any]:
         """Mint an access token, and an ID token when asked, next to the rotated refresh token."""
         assert rotation is not None
@@ -314,10 +348,12 @@ class Provider:
             amr=list(grant.amr),
             auth_time=auth_time,
             family_id=grant.family_id,
+            dpop_jkt=dpop_jkt,
         )
         response: dict[str, Any] = {
             "access_token": access_token,
-            "token_type": "Bearer",
+            # RFC 9449 section 5: a bound access token has the token type DPoP.
+            "token_type": "DPoP" if dpop_jkt else "Bearer",
             "expires_in": lifetime,
             "refresh_token": refresh_token,
             "scope": grant.scope,
@@ -337,6 +373,7 @@ class Provider:
             tenant_id=str(grant.tenant_id),
             client_id=grant.client_id,
             family_id=str(grant.family_id),
+            dpop_bound=dpop_jkt is not None,
         )
         return response
 

@@ -15,7 +15,7 @@ from stockade.access.guard import Principal, require
 from stockade.access.policy import AUTHENTICATED, PUBLIC
 from stockade.db import scoped_transaction
 from stockade.errors import NotFound, OAuthError
-from stockade.identity import store
+from stockade.identity import dpop, store
 from stockade.identity.provider import SUPPORTED_SCOPES, AuthorizationRequestError, Provider
 from stockade.identity.signin import (
     authorization_error,
@@ -57,6 +57,7 @@ def discovery(request: Request) -> dict[str, Any]:
             "none",
         ],
         "code_challenge_methods_supported": ["S256"],
+        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
         "scopes_supported": sorted(SUPPORTED_SCOPES),
         "claims_supported": [
             "sub",
@@ -124,23 +125,27 @@ def _redirect_error(
 async def token(request: Request) -> JSONResponse:
     form = await _oauth_form(request)
     basic = _basic_credentials(request)
+    try:
+        proof = dpop.single_proof(request.headers.getlist("dpop"))
+    except dpop.InvalidProof:
+        raise OAuthError("invalid_dpop_proof", "send at most one DPoP header") from None
     # The provider blocks on the database, so it runs in the thread pool. On the event loop
     # it would stall every other request, and concurrent token requests would never overlap.
-    body = await run_in_threadpool(_grant_tokens, request.app.state.provider, form, basic)
+    body = await run_in_threadpool(_grant_tokens, request.app.state.provider, form, basic, proof)
     return JSONResponse(body, headers=_NO_STORE)
 
 
 def _grant_tokens(
-    provider: Provider, form: dict[str, str], basic: tuple[str, str] | None
+    provider: Provider, form: dict[str, str], basic: tuple[str, str] | None, proof: str | None
 ) -> dict[str, Any]:
     client = provider.authenticate_client(form, basic)
     grant_type = form.get("grant_type")
     if not grant_type:
         raise OAuthError("invalid_request", "the grant_type parameter is required")
     if grant_type == "authorization_code":
-        return provider.exchange_code(form, client)
+        return provider.exchange_code(form, client, provider.verify_dpop(proof))
     if grant_type == "refresh_token":
-        return provider.refresh(form, client)
+        return provider.refresh(form, client, provider.verify_dpop(proof))
     raise OAuthError(
         "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
     )

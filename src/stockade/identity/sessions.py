@@ -4,7 +4,8 @@ Access tokens are JWTs that live up to 60 minutes. Each names its family (`sid`)
 every request checks, in the request's own transaction, that the family is live, the
 user is still a member and not disabled, and the token is newer than the user's
 ``tokens_not_before``. Sign-out, "sign out everywhere", removing a member and
-disabling a user therefore stop tokens on their next request.
+disabling a user therefore stop tokens on their next request. The same check refuses
+an unbound token once its tenant requires DPoP.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from stockade.access.guard import Principal
 from stockade.db import Scope, scoped_transaction
 from stockade.errors import Unauthorized
+from stockade.identity import dpop
 
 _ACTIVE = text(
     "select"
@@ -24,7 +26,8 @@ _ACTIVE = text(
     "  where f.id = :family and f.tenant_id = :tenant and f.user_id = :user),"
     " exists (select 1 from memberships m where m.tenant_id = :tenant and m.user_id = :user),"
     " (select u.disabled_at is null and u.tokens_not_before <= to_timestamp(:issued_at)"
-    "  from users u where u.id = :user)"
+    "  from users u where u.id = :user),"
+    " (select t.require_dpop from tenants t where t.id = :tenant)"
 )
 
 
@@ -36,11 +39,14 @@ def open_family(
     user_id: uuid.UUID,
     client_id: str,
     browser_session: bytes | None,
+    dpop_jkt: str | None = None,
 ) -> None:
+    """Start a token family; with ``dpop_jkt`` its refresh tokens are bound to that key."""
     conn.execute(
         text(
-            "insert into token_families (id, tenant_id, user_id, client_id, browser_session)"
-            " values (:id, :tenant, :user, :client, :session)"
+            "insert into token_families"
+            " (id, tenant_id, user_id, client_id, browser_session, dpop_jkt)"
+            " values (:id, :tenant, :user, :client, :session, :jkt)"
         ),
         {
             "id": family_id,
@@ -48,7 +54,24 @@ def open_family(
             "user": user_id,
             "client": client_id,
             "session": browser_session,
+            "jkt": dpop_jkt,
         },
+    )
+
+
+def family_dpop_key(conn: Connection, family_id: uuid.UUID) -> str | None:
+    """Return the thumbprint of the DPoP key a family's refresh tokens are bound to."""
+    jkt: str | None = conn.execute(
+        text("select dpop_jkt from token_families where id = :family"), {"family": family_id}
+    ).scalar()
+    return jkt
+
+
+def bind_family(conn: Connection, family_id: uuid.UUID, dpop_jkt: str) -> None:
+    """Bind an unbound family's refresh tokens to a DPoP key; a bound family keeps its key."""
+    conn.execute(
+        text("update token_families set dpop_jkt = :jkt where id = :family and dpop_jkt is null"),
+        {"family": family_id, "jkt": dpop_jkt},
     )
 
 
@@ -67,7 +90,8 @@ def family_is_live(conn: Connection, family_id: uuid.UUID, user_id: uuid.UUID) -
 
 
 def assert_active(conn: Connection, principal: Principal) -> None:
-    """Raise ``Unauthorized`` unless the principal's token is still live."""
+    """Raise ``Unauthorized`` unless the principal's token is still live and its tenant
+    accepts a token of its kind (bound or unbound)."""
     if principal.family_id is None:
         raise Unauthorized("the access token names no session")
     row = conn.execute(
@@ -79,8 +103,13 @@ def assert_active(conn: Connection, principal: Principal) -> None:
             "issued_at": principal.issued_at,
         },
     ).one()
-    if not all(row):
+    *live, dpop_required = row
+    if not all(live):
         raise Unauthorized("the access token has been revoked")
+    if dpop_required and principal.dpop_jkt is None:
+        raise dpop.unauthorized(
+            "this tenant accepts only DPoP-bound access tokens", "invalid_token"
+        )
 
 
 def revoke_member(conn: Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, reason: str) -> int:

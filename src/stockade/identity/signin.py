@@ -183,7 +183,10 @@ def _sign_in(request: Request, form: FormData) -> Response:
             status=401,
         )
 
-    state.throttle.record_success(attempt, user.id)
+    if not mfa.is_enrolled(state.db.app, user.id):
+        state.throttle.record_success(attempt, user.id)
+    # NOTE: with MFA, the attempt stays counted until the code step passes, so guessing
+    # codes costs password attempts, which the account throttle delays and locks.
     if needs_rehash(user.password_hash):
         store.replace_password_hash(state.db.app, user.id, hash_password(password))
     log.info("password_verified", user_id=str(user.id))

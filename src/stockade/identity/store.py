@@ -218,6 +218,17 @@ def roles_in_tenant(conn: Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) 
     return [row[0] for row in rows]
 
 
+# Tenants
+
+
+def tenant_requires_dpop(conn: Connection, tenant_id: uuid.UUID) -> bool:
+    """Tell whether the tenant accepts only DPoP-bound tokens."""
+    required = conn.execute(
+        text("select require_dpop from tenants where id = :tenant"), {"tenant": tenant_id}
+    ).scalar()
+    return bool(required)
+
+
 # Clients
 
 

@@ -212,8 +212,7 @@ class SignInThrottle:
     def begin(self, email: str, address: str) -> Attempt:
         """Reject the attempt while a counter is delayed or locked, else count it as failed."""
         now = self.clock()
-        key = self.keystore.get_or_create_secret(ACCOUNT_KEY).reveal().encode()
-        email_digest = hmac.new(key, email.lower().encode(), hashlib.sha256).hexdigest()
+        email_digest = self._account_digest(email)
         keys = [
             ("account", email_digest),
             ("address", client_address_digest(self.keystore, _network_of(address))),
@@ -275,6 +274,15 @@ class SignInThrottle:
         if account.lock_ended_at:
             self._audit_account(attempt, user_id, [_unlocked(account.kind, account.lock_ended_at)])
         self._audit_network(attempt, network, failed=False)
+
+    def clear_account(self, email: str) -> None:
+        """Reset an account's counter after its second factor passed."""
+        with scoped_transaction(self.engine, Scope()) as conn:
+            conn.execute(_RESET_ACCOUNT, {"digest": self._account_digest(email)})
+
+    def _account_digest(self, email: str) -> str:
+        key = self.keystore.get_or_create_secret(ACCOUNT_KEY).reveal().encode()
+        return hmac.new(key, email.lower().encode(), hashlib.sha256).hexdigest()
 
     def _count(
         self, conn: Connection, kind: str, digest: str, state: _State, now: datetime

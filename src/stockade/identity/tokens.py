@@ -67,10 +67,12 @@ class TokenService:
         amr: list[str],
         auth_time: int,
         family_id: uuid.UUID,
+        dpop_jkt: str | None = None,
     ) -> tuple[str, int]:
+        """Sign an access token; with ``dpop_jkt`` it is bound to that DPoP key."""
         now = int(time.time())
         lifetime = self.settings.access_token_minutes * 60
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self.settings.issuer,
             "sub": str(user_id),
             "aud": self.settings.audience,
@@ -85,6 +87,9 @@ class TokenService:
             "amr": amr,
             "sid": str(family_id),
         }
+        if dpop_jkt is not None:
+            # RFC 9449 section 6.1: the confirmation claim names the key's thumbprint.
+            claims["cnf"] = {"jkt": dpop_jkt}
         return self._sign(claims, ACCESS_TOKEN_TYPE), lifetime
 
     def issue_id_token(
@@ -185,6 +190,10 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     if not isinstance(amr, list):
         raise InvalidToken("amr claim is not a list")
     try:
+        dpop_jkt = _dpop_thumbprint(claims.get("cnf"))
+    except (TypeError, KeyError) as exc:
+        raise InvalidToken("cnf claim does not name a DPoP key thumbprint") from exc
+    try:
         return Principal(
             user_id=uuid.UUID(claims["sub"]),
             tenant_id=uuid.UUID(claims["tenant_id"]),
@@ -194,6 +203,23 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
             token_id=str(claims["jti"]),
             family_id=uuid.UUID(claims["sid"]),
             issued_at=int(claims["iat"]),
+            dpop_jkt=dpop_jkt,
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidToken("sub, tenant_id or sid is not a UUID") from exc
+
+
+def _dpop_thumbprint(cnf: object) -> str | None:
+    """Return the DPoP key thumbprint of a ``cnf`` claim, or None for an unbound token.
+
+    Stockade issues no other confirmation method, so a ``cnf`` without a string ``jkt``
+    raises instead of leaving a token whose binding nobody checks.
+    """
+    if cnf is None:
+        return None
+    if not isinstance(cnf, dict):
+        raise TypeError("cnf is not an object")
+    jkt = cnf["jkt"]
+    if not isinstance(jkt, str) or not jkt:
+        raise TypeError("cnf.jkt is not a string")
+    return jkt

@@ -48,8 +48,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.db = runtime.db
     app.state.policy = runtime.policy
     app.state.tokens = tokens
-    app.state.provider = Provider(runtime.settings, runtime.db, tokens)
-    app.state.authenticator = BearerAuthenticator(tokens)
+    provider = Provider(runtime.settings, runtime.db, tokens)
+    app.state.provider = provider
+    app.state.authenticator = BearerAuthenticator(tokens, provider.proofs)
     app.state.throttle = SignInThrottle(runtime.db.app, runtime.keystore)
 
     app.include_router(oauth_routes.router)
@@ -135,8 +136,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> JSONResponse:
         if _is_oauth(request) and exc.status == 401:
+            error = getattr(exc, "error", "") or "invalid_token"
             return JSONResponse(
-                {"error": "invalid_token", "error_description": exc.detail},
+                {"error": error, "error_description": exc.detail},
                 status_code=401,
                 headers=exc.headers,
             )
