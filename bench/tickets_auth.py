@@ -58,7 +58,7 @@ from stockade.access.policy import PUBLIC
 from stockade.audit.logs import configure_logging
 from stockade.config import MAX_ACCESS_TOKEN_MINUTES, Settings, load_settings
 from stockade.db import Scope, scoped_transaction
-from stockade.identity import admin
+from stockade.identity import admin, sessions
 from stockade.identity.tokens import TokenService
 from stockade.runtime import Runtime, open_runtime
 from stockade.tickets import store
@@ -221,6 +221,7 @@ class Seeded:
     tenant_id: uuid.UUID
     user_id: uuid.UUID
     other_tenant_ids: tuple[uuid.UUID, ...]
+    client_id: str
 
 
 def free_port() -> int:
@@ -265,12 +266,32 @@ def seed(runtime: Runtime) -> Seeded:
                 insert_tickets, {"tenant": other, "author": None, "count": OTHER_TENANT_TICKETS}
             )
         conn.execute(text("analyze tickets"))
-    return Seeded(tenant_id, user_id, others)
+    client = admin.create_client(owner, "bench", ["http://127.0.0.1/callback"], public=True)
+    return Seeded(tenant_id, user_id, others, client.client_id)
+
+
+def open_token_family(runtime: Runtime, seeded: Seeded) -> uuid.UUID:
+    """Start a token family for the bench user; each request checks that it is live."""
+    family_id = uuid.uuid4()
+    with runtime.db.owner.begin() as conn:
+        sessions.open_family(
+            conn,
+            family_id=family_id,
+            tenant_id=seeded.tenant_id,
+            user_id=seeded.user_id,
+            client_id=seeded.client_id,
+            browser_session=None,
+        )
+    return family_id
 
 
 def delete_seeded(runtime: Runtime, seeded: Seeded) -> None:
-    """Delete the bench tenants (tickets and memberships cascade) and the bench user."""
+    """Delete the bench tenants (tickets, memberships and token families cascade), the
+    bench client and the bench user."""
     with runtime.db.owner.begin() as conn:
+        conn.execute(
+            text("delete from oauth_clients where client_id = :id"), {"id": seeded.client_id}
+        )
         conn.execute(
             text("delete from tenants where id = any(:ids)"),
             {"ids": [seeded.tenant_id, *seeded.other_tenant_ids]},
@@ -603,10 +624,11 @@ def main(argv: list[str] | None = None) -> int:
             user_id=seeded.user_id,
             tenant_id=seeded.tenant_id,
             roles=["viewer"],
-            client_id="bench",
+            client_id=seeded.client_id,
             scope="openid",
             amr=["pwd"],
             auth_time=int(time.time()),
+            family_id=open_token_family(runtime, seeded),
         )
 
         server, thread = start_server(app, port)

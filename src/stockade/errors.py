@@ -55,8 +55,8 @@ class Unauthorized(Problem):
         params: dict[str, str] | None = None,
     ) -> None:
         # RFC 6750 section 3 (Bearer) and RFC 9449 section 7.1 (DPoP): the challenge names
-        # the error. It describes the error only when told to, since for a bad token that
-        # would tell which check failed.
+        # the error. It describes the error only with ``explain``, since for a bad token
+        # the description would tell which check failed.
         fields = dict(params or {})
         if error:
             fields["error"] = error

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 from joserfc import jwt
-from joserfc.jwk import ECKey, OKPKey
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 from sqlalchemy import text
 
 from stockade.config import Settings
@@ -613,6 +613,18 @@ def test_ed25519_proof_is_accepted(settings: Settings, runtime: Runtime) -> None
     )
 
     assert proof.jkt == key.thumbprint()
+
+
+@pytest.mark.filterwarnings("ignore:Key size should be:joserfc.errors.SecurityWarning")
+def test_short_rsa_key_is_refused(settings: Settings, runtime: Runtime) -> None:
+    key = RSAKey.generate_key(1024)
+    header = {"typ": "dpop+jwt", "alg": "RS256", "jwk": key.as_dict(private=False)}
+    claims = _proof_claims("POST", f"{settings.issuer}/oauth/token", None)
+    verifier = ProofVerifier(settings.issuer, ReplayCache(runtime.db.app))
+    proof = jwt.encode(header, claims, key, algorithms=["RS256"])
+
+    with pytest.raises(InvalidProof, match="shorter than 2048 bits"):
+        verifier.check(proof, method="POST", path="/oauth/token")
 
 
 # Command line

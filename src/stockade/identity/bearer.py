@@ -44,8 +44,8 @@ class BearerAuthenticator:
             log.info("access_token_rejected", reason=str(exc), path=request.url.path)
             raise Unauthorized("the access token is invalid or expired") from None
         if principal.dpop_jkt is not None:
-            # RFC 9449 section 7.2: a bound token sent as a Bearer token is refused, or a
-            # thief who copied it would need no key.
+            # RFC 9449 section 7.2: a bound token sent as a Bearer token is rejected, because
+            # otherwise a thief who copied it would need no key.
             log.info("access_token_rejected", reason="DPoP-bound token sent as Bearer")
             raise dpop.unauthorized(
                 "this access token is DPoP-bound: send it with the DPoP scheme and a proof",

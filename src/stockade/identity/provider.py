@@ -217,8 +217,11 @@ class Provider:
     def exchange_code(
         self, form: dict[str, str], client: Client, dpop_jkt: str | None = None
     ) -> dict[str, Any]:
-        """Redeem a code; with ``dpop_jkt`` the access token, and for a public client the
-        refresh token family, are bound to that DPoP key (RFC 9449 section 5)."""
+        """Redeem a code for tokens.
+
+        With ``dpop_jkt`` the access token is bound to that DPoP key, and so is the refresh
+        token family of a public client (RFC 9449 section 5).
+        """
         code = form.get("code", "")
         verifier = form.get("code_verifier", "")
         tenant_id = store.tenant_of_token(code)
@@ -231,7 +234,7 @@ class Provider:
         problem = None
         rotation = None
         with scoped_transaction(self.db.app, Scope(tenant_id=tenant_id)) as conn:
-            # Refused before the code is used, so the client may retry with a proof.
+            # Rejected before the code is used, so the client may retry with a proof.
             binding.require_proof_if_tenant_requires(conn, tenant_id, dpop_jkt)
             grant = store.consume_code(conn, code, family_id)
             if grant is None:
@@ -254,8 +257,11 @@ class Provider:
     def refresh(
         self, form: dict[str, str], client: Client, dpop_jkt: str | None = None
     ) -> dict[str, Any]:
-        """Rotate a refresh token. A family bound to a DPoP key needs a proof from that key;
-        the check runs before the token is used, so a refused refresh leaves it usable."""
+        """Rotate a refresh token and issue a new access token.
+
+        A family bound to a DPoP key needs a proof from that key. The check runs before the
+        token is used, so a rejected refresh leaves the token usable.
+        """
         token = form.get("refresh_token", "")
         tenant_id = store.tenant_of_token(token)
         if tenant_id is None:

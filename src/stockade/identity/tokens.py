@@ -213,7 +213,7 @@ def _dpop_thumbprint(cnf: object) -> str | None:
     """Return the DPoP key thumbprint of a ``cnf`` claim, or None for an unbound token.
 
     Stockade issues no other confirmation method, so a ``cnf`` without a string ``jkt``
-    raises instead of leaving a token whose binding nobody checks.
+    raises instead of passing a token whose binding would go unchecked.
     """
     if cnf is None:
         return None
