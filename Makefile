@@ -19,6 +19,9 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/tickets_auth.py
+	$(BIN)/python bench/dpop.py
+	$(BIN)/python bench/reservations.py
+	$(BIN)/python bench/webhooks.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from stockade.access import approvals
 from stockade.audit.trail import record_event
+from stockade.billing.ledger import Window, reserve, settle
 from stockade.db import Scope, scoped_transaction
 from stockade.identity import store
 from stockade.runtime import Runtime
@@ -248,6 +249,30 @@ def seed_audit_event(app_engine: Engine, member: Member) -> None:
         record_event(conn, tenant_id=member.tenant_id, action="tickets:seeded")
 
 
+def seed_usage(app_engine: Engine, member: Member) -> None:
+    """Settle one reservation and hold another: a ledger entry, a counter, reservations."""
+    settled = reserve(app_engine, member.tenant_id, "llm_call", 1, limit=10, window=Window.DAY)
+    settle(app_engine, settled, 1)
+    reserve(app_engine, member.tenant_id, "llm_call", 1, limit=10, window=Window.DAY)
+
+
+def seed_billing(runtime: Runtime, member: Member) -> None:
+    """Store and apply a subscription and a paid invoice, as the webhook route and worker do."""
+    from stockade.billing import events, processing
+    from stockade.billing.context import BillingContext
+    from tests.billing.payments.events import encode, new_ids, stripe_event
+
+    context = BillingContext.from_runtime(runtime)
+    ids = new_ids()
+    for kind in ("customer.subscription.created", "invoice.paid"):
+        event = stripe_event(kind, tenant_id=member.tenant_id, **ids)
+        with runtime.db.app.begin() as conn:
+            events.store_event(
+                conn, events.IncomingEvent("stripe", str(event["id"]), kind, encode(event))
+            )
+        processing.apply_event(context, events.EventKey("stripe", str(event["id"])))
+
+
 def seed_member_rows(app_engine: Engine, member: Member, invitee: Member) -> None:
     """Open a grant request and an invitation for ``invitee``, as the members API does."""
     with scoped_transaction(app_engine, full_scope(member)) as conn:
@@ -274,6 +299,8 @@ def pair(factory: Factory, runtime: Runtime) -> SeededPair:
     for member in (a, b):
         seed_oauth_rows(runtime.db.app, member, client_id)
         seed_audit_event(runtime.db.app, member)
+        seed_usage(runtime.db.app, member)
+        seed_billing(runtime, member)
         invitee = factory.member((member.tenant_id, member.tenant), roles=("viewer",))
         seed_member_rows(runtime.db.app, member, invitee)
     return SeededPair(a, b, factory.ticket(a, "ticket of a"), factory.ticket(b, "ticket of b"))

@@ -33,6 +33,8 @@ class Settings:
     authorization_code_seconds: int = 60
     browser_session_hours: int = 12
     policy_file: Path | None = None
+    # Where the Stripe API is reached; tests point it at a server of their own.
+    stripe_api_base: str = "https://api.stripe.com"
 
     def __post_init__(self) -> None:
         if not 1 <= self.access_token_minutes <= MAX_ACCESS_TOKEN_MINUTES:
@@ -52,6 +54,13 @@ class Settings:
         if not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
             raise ConfigError(
                 f"STOCKADE_ISSUER={self.issuer!r} must use https outside loopback addresses"
+            )
+        if not self.stripe_api_base.startswith(
+            ("https://", "http://127.0.0.1", "http://localhost")
+        ):
+            raise ConfigError(
+                f"STOCKADE_STRIPE_API_BASE={self.stripe_api_base!r} must use https"
+                " outside loopback addresses"
             )
 
     @property
@@ -96,4 +105,7 @@ def load_settings(
         ),
         refresh_token_days=_int_env("STOCKADE_REFRESH_TOKEN_DAYS", 30),
         policy_file=Path(policy) if policy else None,
+        stripe_api_base=(env.get("STOCKADE_STRIPE_API_BASE") or Settings.stripe_api_base).rstrip(
+            "/"
+        ),
     )

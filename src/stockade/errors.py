@@ -1,6 +1,7 @@
 """Errors that cross the HTTP boundary.
 
     Problem                      RFC 9457 problem+json, for /api routes
+    ├── BadInput            400
     ├── Unauthorized        401  (adds WWW-Authenticate)
     ├── Forbidden           403
     ├── NotFound            404  "not found" and "not yours" look the same
@@ -38,6 +39,12 @@ class Problem(Exception):
             "instance": instance,
             **self.data,
         }
+
+
+class BadInput(Problem):
+    status = 400
+    code = "bad-request"
+    title = "Bad request"
 
 
 class Unauthorized(Problem):

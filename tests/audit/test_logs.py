@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from stockade.audit.logs import configure_logging
+from stockade.runtime import Runtime
 from tests.conftest import Factory, bearer
 
 
@@ -46,3 +47,22 @@ def test_rejected_token_is_logged_without_token(client: TestClient, log_lines: i
     events = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     assert any(event["event"] == "access_token_rejected" for event in events)
     assert forged not in log_lines.getvalue()
+
+
+def test_unhandled_error_logs_no_locals(runtime: Runtime, log_lines: io.StringIO) -> None:
+    from stockade.access.guard import require
+    from stockade.access.policy import PUBLIC
+    from stockade.web.app import create_app
+
+    app = create_app(runtime)
+
+    @app.get("/api/v1/explode", dependencies=[require(PUBLIC)])
+    def explode(password: str) -> None:
+        raise RuntimeError(f"failed after reading {len(password)} characters")
+
+    with TestClient(app) as probe:
+        response = probe.get("/api/v1/explode", params={"password": "hunter2-in-a-query"})
+
+    assert response.status_code == 500
+    assert "unhandled_error" in log_lines.getvalue()
+    assert "hunter2-in-a-query" not in log_lines.getvalue()

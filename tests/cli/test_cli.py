@@ -235,3 +235,28 @@ def test_busy_port_is_one_line(settings: Settings, runtime: Runtime) -> None:
         port = busy.getsockname()[1]
         result = run(settings, "serve", "--port", str(port))
     assert_one_line_error(result, "cannot listen on 127.0.0.1")
+
+
+def test_reset_mfa_signs_user_out(settings: Settings, runtime: Runtime) -> None:
+    email = f"mfa-{uuid.uuid4().hex[:8]}@example.test"
+    tenant = f"cli-{uuid.uuid4().hex[:10]}"
+    assert run(settings, "tenant", "create", tenant).returncode == 0
+    created = run(
+        settings,
+        "user",
+        "create",
+        email,
+        "--tenant",
+        tenant,
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin="marble orchard falcon 42\n",
+    )
+    assert created.returncode == 0, created.stderr
+
+    reset = run(settings, "user", "reset-mfa", email)
+    unknown = run(settings, "user", "reset-mfa", "nobody@example.test")
+
+    assert reset.returncode == 0, reset.stderr
+    assert_one_line_error(unknown, "not found")

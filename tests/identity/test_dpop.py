@@ -656,3 +656,16 @@ def test_cli_unknown_tenant_is_one_line(settings: Settings, runtime: Runtime) ->
     result = run(settings, "tenant", "require-dpop", f"missing-{uuid.uuid4().hex[:8]}")
 
     assert_one_line_error(result, "not found")
+
+
+def test_requiring_dpop_revokes_unbound_families(runtime: Runtime, factory: Factory) -> None:
+    member = factory.member(roles=("viewer",))
+
+    admin.set_require_dpop(runtime.db.owner, member.tenant, required=True)
+
+    with runtime.db.owner.begin() as conn:
+        revoked = conn.execute(
+            text("select revoked_reason from token_families where id = :id"),
+            {"id": member.family_id},
+        ).scalar_one()
+    assert revoked == "dpop required"

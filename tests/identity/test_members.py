@@ -232,3 +232,22 @@ def test_unknown_role_is_422(client: TestClient, factory: Factory) -> None:
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_pending_only_invitee_can_be_removed(client: TestClient, factory: Factory) -> None:
+    first, second = _admins(factory)
+    invited = client.post(
+        "/api/v1/members",
+        json={"email": f"p-{first.user_id.hex[:8]}@example.test", "roles": ["admin"]},
+        headers=bearer(factory.token(first)),
+    )
+    user_id = invited.json()["user_id"]
+    request_id = invited.json()["pending"][0]["id"]
+
+    removed = client.delete(f"/api/v1/members/{user_id}", headers=bearer(factory.token(first)))
+    approve = client.post(
+        f"/api/v1/approvals/{request_id}/approve", headers=bearer(factory.token(second))
+    )
+
+    assert removed.status_code == 204
+    assert approve.status_code == 404

@@ -15,6 +15,8 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from stockade.identity import admin, mfa
+from stockade.runtime import Runtime
 from tests.conftest import TEST_PASSWORD, Factory, Member, bearer
 from tests.identity.test_oidc_client import REDIRECT_URI, _hidden, authlib_session
 from tests.identity.test_token_attacks import _redeem as redeem_code
@@ -253,3 +255,30 @@ def test_code_guessing_costs_password_attempts(live_server: str, factory: Factor
     # Five password steps pass freely; delays follow, and the tenth failure locks.
     assert statuses[:5] == [200] * 5
     assert statuses[-1] == 429
+
+
+def test_enrolment_typo_keeps_secret(browser: Browser, factory: Factory) -> None:
+    member = factory.member(roles=("admin",))
+    client_id = factory.client(REDIRECT_URI).client_id
+    login = browser.start(client_id, secrets.token_urlsafe(48))
+    enrolment = browser.submit(login, "/login", email=member.email, password=TEST_PASSWORD)
+    secret = _secret_from(enrolment)
+
+    retry = browser.submit(enrolment, "/account/mfa", otp="000000")
+
+    assert retry.status_code == 400
+    assert _secret_from(retry) == secret
+
+
+def test_operator_reset_removes_factor(runtime: Runtime, factory: Factory) -> None:
+    member = factory.member(roles=("admin",))
+    engine, keystore = runtime.db.app, runtime.keystore
+    secret = mfa.start_enrolment(engine, keystore, member.user_id)
+    codes = mfa.confirm_enrolment(engine, keystore, member.user_id, pyotp.TOTP(secret).now())
+    assert codes is not None
+    assert mfa.is_enrolled(engine, member.user_id)
+
+    admin.reset_mfa(runtime.db.owner, member.email)
+
+    assert not mfa.is_enrolled(engine, member.user_id)
+    assert not mfa.verify_second_factor(engine, keystore, member.user_id, codes[0])

@@ -32,6 +32,8 @@ EXPECTED_PUBLIC = {
     "/openapi.json",
     "/health",
     "/",
+    "/webhooks/stripe",  # signed by Stripe (Stripe-Signature), not by a user's token
+    "/webhooks/adyen",  # signed by Adyen (HMAC in each notification item)
 }
 
 
@@ -121,3 +123,28 @@ def test_unexpected_error_is_clean_500(runtime: Runtime) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert "secret detail" not in response.text
     assert "Traceback" not in response.text
+
+
+def test_nul_in_any_input_is_400(client: TestClient) -> None:
+    token = client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "client_id": "a\x00b", "refresh_token": "x"},
+    )
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf
+    login = client.post(
+        "/login",
+        data={
+            "email": "a\x00@example.test",
+            "password": "x",
+            "csrf_token": csrf.group(1),
+            "request": "",
+        },
+    )
+    authorize = client.get("/oauth/authorize", params={"client_id": "a\x00b"})
+
+    assert token.status_code == 400
+    assert token.json()["error"] == "invalid_request"
+    assert login.status_code == 400
+    assert authorize.status_code == 400

@@ -52,6 +52,15 @@ class Policy:
 
 def load_policy(path: Path | None = None) -> Policy:
     """Read and validate the policy file: the packaged one unless ``path`` is given."""
+    document, source = read_policy_document(path)
+    return _validate(document, source)
+
+
+def read_policy_document(path: Path | None = None) -> tuple[dict[str, object], str]:
+    """Parse the policy file as TOML and return it with a name for error messages.
+
+    Other packages read their own sections (billing reads ``[plans]``) through this.
+    """
     if path is None:
         raw = resources.files("stockade").joinpath("policy.toml").read_text()
         source = "the packaged policy.toml"
@@ -65,7 +74,7 @@ def load_policy(path: Path | None = None) -> Policy:
         document = tomllib.loads(raw)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source} is not valid TOML: {exc}") from exc
-    return _validate(document, source)
+    return document, source
 
 
 def _validate(document: dict[str, object], source: str) -> Policy:

@@ -12,6 +12,12 @@ from typing import TextIO
 
 import structlog
 
+# structlog's dict_tracebacks shows each frame's local variables, which hold passwords,
+# tokens and form fields; this renderer keeps the frames and drops the locals.
+_tracebacks_without_locals = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
 
 def configure_logging(
     *, json: bool | None = None, level: int = logging.INFO, stream: TextIO | None = None
@@ -27,7 +33,7 @@ def configure_logging(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if json else structlog.processors.format_exc_info,
+            _tracebacks_without_locals if json else structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

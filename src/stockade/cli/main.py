@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import socket
 import sys
@@ -41,6 +42,16 @@ DataDir = Annotated[
     ),
 ]
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Role(enum.StrEnum):
+    """The processes ``serve`` runs: the API, the background worker, or both in one."""
+
+    ALL = "all"
+    API = "api"
+    WORKER = "worker"
+
+
 _EXPECTED = (admin.AdminError, ConfigError, PolicyError, PasswordRejected, KeyStoreError)
 
 
@@ -93,14 +104,27 @@ def _read_password() -> str:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on", min=1, max=65535)] = 8000,
+    role: Annotated[
+        Role, typer.Option(help="all: API and worker in one process; api or worker: one of them")
+    ] = Role.ALL,
     data_dir: DataDir = None,
 ) -> None:
-    """Serve the API, the OpenID Connect provider and the sign-in pages."""
+    """Serve the API, the OpenID Connect provider and the sign-in pages, and run the worker."""
     import os
+    import threading
 
     import uvicorn
 
+    from stockade.billing.worker import BillingWorker
     from stockade.web.app import create_app
+
+    if role is Role.WORKER:
+        runtime = _runtime(data_dir)
+        try:
+            BillingWorker(runtime).run()
+        finally:
+            runtime.close()
+        return
 
     shown_host = f"[{host}]" if ":" in host else host
     issuer = None if os.environ.get("STOCKADE_ISSUER") else f"http://{shown_host}:{port}"
@@ -109,9 +133,16 @@ def serve(
     _check_port_free(host, port)
     runtime = _runtime(data_dir, create=True, issuer=issuer)
     typer.echo(f"Stockade serves on {runtime.settings.issuer}  (data: {runtime.settings.data_dir})")
+    worker = BillingWorker(runtime) if role is Role.ALL else None
+    if worker is not None:
+        threading.Thread(
+            target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True
+        ).start()
     try:
         uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
     finally:
+        if worker is not None:
+            worker.stop()
         runtime.close()
 
 
@@ -119,13 +150,18 @@ def serve(
 @clear_errors
 def tenant_create(
     name: str,
-    plan: Annotated[str, typer.Option(help="Plan name")] = "free",
+    plan: Annotated[str, typer.Option(help="Plan name from the policy file")] = "free",
     data_dir: DataDir = None,
 ) -> None:
-    """Create a tenant."""
+    """Create a tenant on one of the policy file's plans."""
+    from stockade.billing.plans import UnknownPlan
+
     runtime = _runtime(data_dir)
     try:
+        runtime.plans.by_name(plan)
         tenant_id = admin.create_tenant(runtime.db.owner, name, plan)
+    except UnknownPlan as exc:
+        raise fail(str(exc)) from None
     finally:
         runtime.close()
     typer.echo(f"tenant {name} created: {tenant_id}")
@@ -200,6 +236,18 @@ def user_set_password(
     finally:
         runtime.close()
     typer.echo(f"password of {email.lower()} changed")
+
+
+@user_app.command("reset-mfa")
+@clear_errors
+def user_reset_mfa(email: str, data_dir: DataDir = None) -> None:
+    """Remove a user's authenticator and recovery codes; they enrol again at sign-in."""
+    runtime = _runtime(data_dir)
+    try:
+        admin.reset_mfa(runtime.db.owner, email)
+    finally:
+        runtime.close()
+    typer.echo(f"multi-factor sign-in of {email.lower()} removed; they are signed out everywhere")
 
 
 @user_app.command("disable")
@@ -304,6 +352,15 @@ def _check_port_free(host: str, port: int) -> None:
             raise fail(
                 f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
             ) from None
+
+
+# The payment commands use the helpers above, so they are added last.
+from stockade.cli import payments  # noqa: E402
+
+app.add_typer(payments.secrets_app, name="secrets")
+app.add_typer(payments.webhooks_app, name="webhooks")
+app.add_typer(payments.billing_app, name="billing")
+app.add_typer(payments.receipt_app, name="receipt")
 
 
 def main() -> None:

@@ -64,7 +64,12 @@ def show_enrolment(request: Request) -> Response:
 
 
 def _enrolment_page(
-    request: Request, query: str, error: str | None = None, status: int = 200
+    request: Request,
+    query: str,
+    error: str | None = None,
+    status: int = 200,
+    *,
+    keep_secret: bool = False,
 ) -> Response:
     session = current_session(request)
     if session is None:
@@ -72,7 +77,8 @@ def _enrolment_page(
     user_id = session[0]
     state = request.app.state
     try:
-        secret = mfa.start_enrolment(state.db.app, state.keystore, user_id)
+        kept = mfa.pending_secret(state.db.app, state.keystore, user_id) if keep_secret else None
+        secret = kept or mfa.start_enrolment(state.db.app, state.keystore, user_id)
     except mfa.EnrolmentError as exc:
         return message_page(request, "Multi-factor sign-in", str(exc), 409)
     uri = mfa.provisioning_uri(secret, _user_email(request, user_id))
@@ -107,8 +113,8 @@ def _confirm_enrolment(request: Request, form: FormData) -> Response:
         state.db.app, state.keystore, session[0], str(form.get("otp", "")).strip()
     )
     if codes is None:
-        error = "That code did not match. Scan the new QR code and try again."
-        return _enrolment_page(request, query, error=error, status=400)
+        error = "That code did not match. Check the phone's clock and try the next code."
+        return _enrolment_page(request, query, error=error, status=400, keep_secret=True)
     # Confirming proved possession of the authenticator, so this session now has MFA.
     store.complete_second_factor(state.db.app, raw, mfa.MFA_AMR)
     log.info("mfa_enrolled", user_id=str(session[0]))

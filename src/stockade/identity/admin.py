@@ -15,6 +15,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from stockade.access.policy import Policy
+from stockade.audit.trail import record_event
+from stockade.db import Scope, scoped_transaction
 from stockade.identity.passwords import (
     HISTORY_DEPTH,
     check_new_password,
@@ -23,7 +25,8 @@ from stockade.identity.passwords import (
 from stockade.identity.provider import secret_digest
 
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Printable characters only: an address with control characters is a mistake or a trick.
+EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 class AdminError(ValueError):
@@ -71,13 +74,22 @@ def set_require_dpop(owner: Engine, name: str, *, required: bool) -> None:
     """Make a tenant accept only DPoP-bound tokens, or unbound ones again.
 
     Unbound access tokens of the tenant stop on their next request, since each request
-    reads the flag; unbound refresh tokens stop at their next use.
+    reads the flag. Turning it on also revokes every unbound token family, so a stolen
+    unbound refresh token cannot be upgraded to a bound one with the thief's key.
     """
     with owner.begin() as conn:
         row = conn.execute(
             text("update tenants set require_dpop = :required where name = :name returning id"),
             {"required": required, "name": name},
         ).first()
+        if row is not None and required:
+            conn.execute(
+                text(
+                    "update token_families set revoked_at = now(), revoked_reason = 'dpop required'"
+                    " where tenant_id = :tenant and dpop_jkt is null and revoked_at is null"
+                ),
+                {"tenant": row[0]},
+            )
     if row is None:
         raise AdminError(f"tenant {name!r} not found; create it with 'stockade tenant create'")
 
@@ -96,7 +108,7 @@ def add_user(
     Return the user id and whether the user was created.
     """
     email = email.strip().lower()
-    if not _EMAIL.match(email):
+    if not EMAIL.match(email):
         raise AdminError(f"invalid e-mail address {email!r}")
     try:
         policy.check_role(role)
@@ -104,7 +116,8 @@ def add_user(
         raise AdminError(str(exc)) from None
     tenant_id = tenant_id_by_name(owner, tenant)
 
-    with owner.begin() as conn:
+    # Scoped to the tenant so that the grant lands in the tenant's audit trail.
+    with scoped_transaction(owner, Scope(tenant_id=tenant_id)) as conn:
         row = conn.execute(
             text("select id from users where email = :email"), {"email": email}
         ).first()
@@ -128,6 +141,15 @@ def add_user(
                 " on conflict do nothing"
             ),
             {"tenant": tenant_id, "user": user_id, "role": role},
+        )
+        # NOTE: the operator grants directly, without a second admin's approval: the
+        # operator owns the database, so an approval could not bind them anyway.
+        record_event(
+            conn,
+            tenant_id=tenant_id,
+            action="member:granted-by-operator",
+            subject=str(user_id),
+            data={"role": role, "new_user": created},
         )
     return user_id, created
 
@@ -229,3 +251,24 @@ def set_disabled(owner: Engine, email: str, *, disabled: bool) -> None:
             raise AdminError(f"user {email} not found")
         if disabled:
             conn.execute(text("delete from browser_sessions where user_id = :id"), {"id": row[0]})
+
+
+def reset_mfa(owner: Engine, email: str) -> None:
+    """Remove a user's authenticator and recovery codes, and sign them out everywhere.
+
+    For a user who lost their phone and codes; at the next sign-in a privileged member
+    is sent to enrolment again.
+    """
+    email = email.strip().lower()
+    with owner.begin() as conn:
+        row = conn.execute(
+            text("update users set tokens_not_before = now() where email = :email returning id"),
+            {"email": email},
+        ).first()
+        if row is None:
+            raise AdminError(f"user {email} not found")
+        for table in ("mfa_totp", "mfa_recovery_codes", "browser_sessions"):
+            conn.execute(
+                text(f"delete from {table} where user_id = :id"),  # noqa: S608 - fixed names
+                {"id": row[0]},
+            )

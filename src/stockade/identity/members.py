@@ -8,7 +8,6 @@ audit event in the same transaction as the change itself.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated, Any
 
@@ -22,9 +21,9 @@ from stockade.audit.trail import record_event
 from stockade.db import Scope, scoped_transaction
 from stockade.errors import Conflict, Forbidden, NotFound, Unprocessable
 from stockade.identity import sessions, store
+from stockade.identity.admin import EMAIL
 
 router = APIRouter(prefix="/api/v1", tags=["members"])
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # An invitation link is valid this long; after that an admin invites again.
 INVITATION_DAYS = 7
 # The password hash of an invited user until they accept: no password verifies against it.
@@ -184,7 +183,7 @@ def invite_member(
     request: Request, invite: Invite, principal: Principal = require("members:manage")
 ) -> dict[str, Any]:
     email = invite.email.lower()
-    if not _EMAIL.match(email):
+    if not EMAIL.match(email):
         raise Unprocessable(f"invalid e-mail address {email!r}")
     roles = _check_roles(request, invite.roles)
     scope = _scope(principal, login_email=email)
@@ -257,7 +256,9 @@ def remove_member(
 ) -> Response:
     with scoped_transaction(request.app.state.db.app, principal.scope()) as conn:
         roles = set(_member_roles(conn, principal.tenant_id, user_id))
-        if not roles:
+        # An invitee whose only roles still wait for approval is removed by cancelling them.
+        pending = _pending_roles(conn, principal.tenant_id, user_id)
+        if not roles and not pending:
             raise NotFound("no such member")
         _refuse_last_admin(conn, principal.tenant_id, user_id, roles)
         conn.execute(
@@ -272,7 +273,7 @@ def remove_member(
             action="member:removed",
             actor_user_id=principal.user_id,
             subject=str(user_id),
-            data={"roles": sorted(roles), "families_revoked": revoked},
+            data={"roles": sorted(roles), "pending": pending, "families_revoked": revoked},
         )
     return Response(status_code=204)
 

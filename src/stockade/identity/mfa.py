@@ -85,6 +85,19 @@ def start_enrolment(engine: Engine, keystore: KeyStore, user_id: uuid.UUID) -> s
     return secret
 
 
+def pending_secret(engine: Engine, keystore: KeyStore, user_id: uuid.UUID) -> str | None:
+    """Return the secret of an enrolment not yet confirmed, so a typo keeps the QR code."""
+    with scoped_transaction(engine, Scope(user_id=user_id)) as conn:
+        row = conn.execute(
+            text(
+                "select secret_ciphertext from mfa_totp"
+                " where user_id = :user and confirmed_at is null"
+            ),
+            {"user": user_id},
+        ).first()
+    return _decrypt(keystore, user_id, row[0]) if row else None
+
+
 def provisioning_uri(secret: str, email: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=ISSUER_NAME)
 

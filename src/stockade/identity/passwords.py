@@ -62,6 +62,8 @@ def check_new_password(password: str, *, email: str, previous_hashes: list[str])
         raise PasswordRejected(f"passwords need at least {MIN_LENGTH} characters")
     if len(password) > MAX_LENGTH:
         raise PasswordRejected(f"passwords may have at most {MAX_LENGTH} characters")
+    if "\x00" in password:
+        raise PasswordRejected("passwords must not contain the NUL character")
     if is_common(password, email=email):
         raise PasswordRejected("this password is too common or too close to the e-mail address")
     for old in previous_hashes[:HISTORY_DEPTH]:

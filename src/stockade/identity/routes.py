@@ -173,7 +173,8 @@ def jwks(request: Request) -> JSONResponse:
     )
 
 
-@router.api_route("/oauth/userinfo", methods=["GET", "POST"])
+@router.post("/oauth/userinfo", operation_id="userinfo_post")
+@router.get("/oauth/userinfo", operation_id="userinfo_get")
 def userinfo(request: Request, principal: Principal = require(AUTHENTICATED)) -> dict[str, Any]:
     with scoped_transaction(request.app.state.db.app, principal.scope()) as conn:
         user = store.find_user(conn, principal.user_id)

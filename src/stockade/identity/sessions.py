@@ -2,10 +2,12 @@
 
 Access tokens are JWTs that live up to 60 minutes. Each names its family (`sid`), and
 every request checks, in the request's own transaction, that the family is live, the
-user is still a member and not disabled, and the token is newer than the user's
-``tokens_not_before``. Sign-out, "sign out everywhere", removing a member and
-disabling a user therefore stop tokens on their next request. The same check refuses
-an unbound token once its tenant requires DPoP.
+user is still a member and not disabled, and the family began after the user's
+``tokens_not_before``. That comparison uses microsecond timestamps, unlike the whole
+seconds of ``iat``, so a sign-in right after a revocation is not caught by it.
+Sign-out, "sign out everywhere", removing a member and disabling a user therefore stop
+tokens on their next request. The same check refuses an unbound token once its tenant
+requires DPoP.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from stockade.identity import dpop
 
 _ACTIVE = text(
     "select"
-    " (select f.revoked_at is null from token_families f"
+    " (select f.revoked_at is null and f.created_at >= u.tokens_not_before"
+    "  and u.disabled_at is null"
+    "  from token_families f join users u on u.id = f.user_id"
     "  where f.id = :family and f.tenant_id = :tenant and f.user_id = :user),"
     " exists (select 1 from memberships m where m.tenant_id = :tenant and m.user_id = :user),"
-    " (select u.disabled_at is null and u.tokens_not_before <= to_timestamp(:issued_at)"
-    "  from users u where u.id = :user),"
     " (select t.require_dpop from tenants t where t.id = :tenant)"
 )
 
@@ -100,16 +102,16 @@ def assert_active(conn: Connection, principal: Principal) -> None:
             "family": principal.family_id,
             "tenant": principal.tenant_id,
             "user": principal.user_id,
-            "issued_at": principal.issued_at,
         },
     ).one()
     *live, dpop_required = row
-    if not all(live):
-        raise Unauthorized("the access token has been revoked")
+    # Requiring DPoP also revokes unbound families; the DPoP challenge says what to do.
     if dpop_required and principal.dpop_jkt is None:
         raise dpop.unauthorized(
             "this tenant accepts only DPoP-bound access tokens", "invalid_token"
         )
+    if not all(live):
+        raise Unauthorized("the access token has been revoked")
 
 
 def revoke_member(conn: Connection, tenant_id: uuid.UUID, user_id: uuid.UUID, reason: str) -> int:

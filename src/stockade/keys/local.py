@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +95,42 @@ class LocalKeyStore:
             return None
         return Secret(versions[0]["value"])
 
-    def set_secret(self, name: str, value: Secret) -> None:
+    def set_secret(self, name: str, value: Secret, *, overlap: timedelta = timedelta(0)) -> None:
+        """Store a new version of ``name``; older versions stay active for ``overlap``."""
+        if overlap < timedelta(0):
+            raise ValueError("a rotation overlap cannot be negative")
         with self._locked() as document:
             versions = document["secrets"].setdefault(name, [])
-            versions.insert(0, {"value": value.reveal(), "created_at": _now().isoformat()})
-            del versions[2:]
+            versions.insert(
+                0,
+                {
+                    "value": value.reveal(),
+                    "created_at": _now().isoformat(),
+                    "overlap_seconds": int(overlap.total_seconds()),
+                },
+            )
+            # The current version and two predecessors, as for signing keys.
+            del versions[3:]
+
+    def active_secrets(self, name: str, *, now: datetime | None = None) -> list[Secret]:
+        """Return the versions of ``name`` that verify now, the newest first.
+
+        The newest version is always active. An older version stays active until the
+        earliest moment at which a newer version's overlap ends, so a rotation with no
+        overlap retires every earlier version at once.
+        """
+        versions = self._read()["secrets"].get(name) or []
+        moment = now or _now()
+        active: list[Secret] = []
+        retires_at: datetime | None = None
+        for entry in versions:
+            if retires_at is not None and moment >= retires_at:
+                break
+            active.append(Secret(entry["value"]))
+            overlap = timedelta(seconds=entry.get("overlap_seconds", 0))
+            ends = datetime.fromisoformat(entry["created_at"]) + overlap
+            retires_at = ends if retires_at is None else min(retires_at, ends)
+        return active
 
     def get_or_create_secret(self, name: str, nbytes: int = 32) -> Secret:
         existing = self.get_secret(name)

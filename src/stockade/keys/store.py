@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from joserfc.jwk import RSAKey
@@ -74,6 +74,12 @@ class KeyStore(Protocol):
 
     def get_secret(self, name: str) -> Secret | None: ...
 
-    def set_secret(self, name: str, value: Secret) -> None: ...
+    def set_secret(self, name: str, value: Secret, *, overlap: timedelta = ...) -> None:
+        """Store a new version of ``name``; older versions stay active for ``overlap``."""
+        ...
+
+    def active_secrets(self, name: str, *, now: datetime | None = None) -> list[Secret]:
+        """Return the versions of ``name`` that verify now, the newest first."""
+        ...
 
     def get_or_create_secret(self, name: str, nbytes: int = 32) -> Secret: ...

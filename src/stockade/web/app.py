@@ -11,13 +11,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockade.access.guard import declared_permissions, require
 from stockade.access.policy import AUTHENTICATED, PUBLIC, Policy
 from stockade.audit import routes as audit_routes
-from stockade.errors import OAuthError, Problem, Unprocessable
+from stockade.billing import payment_routes, webhooks
+from stockade.billing import routes as billing_routes
+from stockade.errors import BadInput, OAuthError, Problem, Unprocessable
 from stockade.identity import account, members, signin
 from stockade.identity import routes as oauth_routes
 from stockade.identity.bearer import BearerAuthenticator
@@ -47,6 +50,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.keystore = runtime.keystore
     app.state.db = runtime.db
     app.state.policy = runtime.policy
+    app.state.plans = runtime.plans
     app.state.tokens = tokens
     provider = Provider(runtime.settings, runtime.db, tokens)
     app.state.provider = provider
@@ -59,6 +63,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(members.router)
     app.include_router(ticket_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(billing_routes.router)
+    app.include_router(payment_routes.router)
+    app.include_router(webhooks.router)
     _add_meta_routes(app)
     _add_error_handlers(app)
     app.add_middleware(RequestLogMiddleware)
@@ -148,6 +155,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def on_oauth_error(request: Request, exc: OAuthError) -> JSONResponse:
         headers = {"Cache-Control": "no-store", **exc.headers}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(DataError)
+    async def on_unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the input checks let through, such as text with a
+        # NUL character: bad input, not a server fault.
+        log.info("unstorable_input", path=request.url.path, error=type(exc.orig).__name__)
+        description = "the request contains a value that cannot be stored, e.g. a NUL character"
+        if _is_oauth(request):
+            return await on_oauth_error(request, OAuthError("invalid_request", description))
+        return _problem_response(request, BadInput(description))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

