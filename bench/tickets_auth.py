@@ -52,6 +52,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
@@ -287,16 +288,23 @@ def open_token_family(runtime: Runtime, seeded: Seeded) -> uuid.UUID:
 
 def delete_seeded(runtime: Runtime, seeded: Seeded) -> None:
     """Delete the bench tenants (tickets, memberships and token families cascade), the
-    bench client and the bench user."""
-    with runtime.db.owner.begin() as conn:
-        conn.execute(
-            text("delete from oauth_clients where client_id = :id"), {"id": seeded.client_id}
-        )
-        conn.execute(
-            text("delete from tenants where id = any(:ids)"),
-            {"ids": [seeded.tenant_id, *seeded.other_tenant_ids]},
-        )
-        conn.execute(text("delete from users where id = :id"), {"id": seeded.user_id})
+    bench client and the bench user.
+
+    The audit trail is append-only and keeps its tenants, so on a database that outlives
+    the bench, the seeded tenants stay; the embedded one is deleted with its folder.
+    """
+    try:
+        with runtime.db.owner.begin() as conn:
+            conn.execute(
+                text("delete from oauth_clients where client_id = :id"), {"id": seeded.client_id}
+            )
+            conn.execute(
+                text("delete from tenants where id = any(:ids)"),
+                {"ids": [seeded.tenant_id, *seeded.other_tenant_ids]},
+            )
+            conn.execute(text("delete from users where id = :id"), {"id": seeded.user_id})
+    except IntegrityError:
+        print("Kept the bench tenants: their audit events cannot be deleted.", file=sys.stderr)
 
 
 def add_baseline_route(app: FastAPI) -> str:
