@@ -35,10 +35,8 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -48,9 +46,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from sqlalchemy import text
+from tickets_auth import free_port, positive_int, start_server, stop_embedded_server
 
 from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
@@ -58,7 +56,7 @@ from stockade.audit.logs import configure_logging
 from stockade.billing.context import BillingContext
 from stockade.billing.stripe_events import EXPECTED_API_VERSION
 from stockade.billing.worker import QUEUE, create_worker_app
-from stockade.config import Settings, load_settings
+from stockade.config import load_settings
 from stockade.identity import admin
 from stockade.keys import Secret
 from stockade.runtime import Runtime, open_runtime
@@ -264,25 +262,6 @@ def add_baseline_route(app: FastAPI) -> None:
         return {"received": True}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(app: FastAPI, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port} within 30 seconds")
-        time.sleep(0.05)
-    return server, thread
-
-
 def count_events(runtime: Runtime, started: datetime) -> dict[str, int]:
     with runtime.db.owner.connect() as conn:
         rows = conn.execute(
@@ -385,13 +364,6 @@ def render_report(
 # Entry point
 
 
-def positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{raw} is not a positive whole number")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -425,15 +397,6 @@ def seed(runtime: Runtime) -> tuple[str, ...]:
         str(admin.create_tenant(runtime.db.owner, f"bench-{uuid.uuid4().hex[:10]}"))
         for _ in range(TENANTS)
     )
-
-
-def stop_embedded_server(settings: Settings) -> None:
-    """Stop the embedded PostgreSQL before its folder is deleted."""
-    if settings.database_url:
-        return
-    import pgserver  # only the embedded database needs it
-
-    pgserver.get_server(settings.postgres_dir.resolve()).cleanup()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:
