@@ -6,7 +6,8 @@ import enum
 import functools
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -74,6 +75,16 @@ def clear_errors(command: F) -> F:
             raise fail(f"{exc.strerror or exc}{where}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _opened(data_dir: Path | None, **options: Any) -> Iterator[Runtime]:
+    """Open the runtime for one command and close it afterwards."""
+    runtime = _runtime(data_dir, **options)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 def _runtime(data_dir: Path | None, *, create: bool = False, **options: Any) -> Runtime:
@@ -177,11 +188,8 @@ def tenant_require_dpop(
     data_dir: DataDir = None,
 ) -> None:
     """Require DPoP-bound tokens for every client of a tenant, or stop requiring them."""
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         admin.set_require_dpop(runtime.db.owner, name, required=not off)
-    finally:
-        runtime.close()
     if off:
         typer.echo(f"tenant {name} accepts Bearer tokens again")
     else:
@@ -201,8 +209,7 @@ def user_create(
 ) -> None:
     """Create a user with a role in a tenant; run again to add tenants or roles."""
     password = _read_password() if password_stdin else None
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         user_id, created = admin.add_user(
             runtime.db.owner,
             runtime.policy,
@@ -211,8 +218,6 @@ def user_create(
             role=role,
             password=password,
         )
-    finally:
-        runtime.close()
     verb = "created" if created else "updated"
     typer.echo(f"user {email.lower()} {verb} ({user_id}); role {role} in tenant {tenant}")
 
@@ -230,11 +235,8 @@ def user_set_password(
     if not password_stdin:
         raise fail("give the new password on standard input with --password-stdin")
     password = _read_password()
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         admin.set_password(runtime.db.owner, email, password)
-    finally:
-        runtime.close()
     typer.echo(f"password of {email.lower()} changed")
 
 
@@ -242,11 +244,8 @@ def user_set_password(
 @clear_errors
 def user_reset_mfa(email: str, data_dir: DataDir = None) -> None:
     """Remove a user's authenticator and recovery codes; they enrol again at sign-in."""
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         admin.reset_mfa(runtime.db.owner, email)
-    finally:
-        runtime.close()
     typer.echo(f"multi-factor sign-in of {email.lower()} removed; they are signed out everywhere")
 
 
@@ -254,11 +253,8 @@ def user_reset_mfa(email: str, data_dir: DataDir = None) -> None:
 @clear_errors
 def user_disable(email: str, data_dir: DataDir = None) -> None:
     """Disable a user: sign-in, refresh and every issued token stop at once."""
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         admin.set_disabled(runtime.db.owner, email, disabled=True)
-    finally:
-        runtime.close()
     typer.echo(f"user {email.lower()} disabled; their tokens stop on their next request")
 
 
@@ -266,11 +262,8 @@ def user_disable(email: str, data_dir: DataDir = None) -> None:
 @clear_errors
 def user_enable(email: str, data_dir: DataDir = None) -> None:
     """Enable a disabled user again; tokens revoked while disabled stay revoked."""
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         admin.set_disabled(runtime.db.owner, email, disabled=False)
-    finally:
-        runtime.close()
     typer.echo(f"user {email.lower()} enabled")
 
 
@@ -287,11 +280,8 @@ def client_create(
     data_dir: DataDir = None,
 ) -> None:
     """Register an OAuth client; a confidential client's secret is printed once."""
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         client = admin.create_client(runtime.db.owner, name, redirect_uri, public=public)
-    finally:
-        runtime.close()
     typer.echo(f"client_id: {client.client_id}")
     if client.client_secret:
         typer.echo(f"client_secret: {client.client_secret}")
@@ -309,16 +299,13 @@ def audit_verify(
     """Recompute an audit hash chain; list each break and exit 1 if there is one."""
     from stockade.audit.trail import verify_chain, verify_platform_chain
 
-    runtime = _runtime(data_dir)
-    try:
+    with _opened(data_dir) as runtime:
         if tenant is None:
             breaks = verify_platform_chain(runtime.db.owner)
         else:
             breaks = verify_chain(
                 runtime.db.owner, admin.tenant_id_by_name(runtime.db.owner, tenant)
             )
-    finally:
-        runtime.close()
     chain = f"the audit chain of tenant {tenant}" if tenant else "the platform audit chain"
     if not breaks:
         typer.echo(f"{chain} is intact")
@@ -335,11 +322,8 @@ def demo(data_dir: DataDir = None) -> None:
     """Seed the demo tenants, users, client and tickets, once."""
     from stockade.cli.seed import seed_demo
 
-    runtime = _runtime(data_dir, create=True)
-    try:
+    with _opened(data_dir, create=True) as runtime:
         seed_demo(runtime, typer.echo)
-    finally:
-        runtime.close()
 
 
 def _check_port_free(host: str, port: int) -> None:
