@@ -24,6 +24,7 @@ from stockade.billing.ledger import (
     window_usage,
 )
 from stockade.billing.plans import Plan, PlanCatalog, tenant_plan
+from stockade.errors import Problem
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,29 @@ def count_seats(conn: Connection, tenant_id: uuid.UUID) -> int:
         {"tenant": tenant_id},
     ).scalar_one()
     return int(seats)
+
+
+class SeatLimitReached(Problem):
+    """Adding a member would use more seats than the tenant's plan has."""
+
+    status = 402
+    code = "seat-limit-reached"
+    title = "Seat limit reached"
+
+
+def check_seat_available(conn: Connection, catalog: PlanCatalog, tenant_id: uuid.UUID) -> None:
+    """Raise ``SeatLimitReached`` unless the tenant's plan has a seat for one more member.
+
+    Call it in the transaction that adds the membership; the tenant row lock that
+    ``set_plan`` takes is not held here, so a plan change racing an invitation may let
+    one invitation through on the old plan.
+    """
+    plan = tenant_plan(conn, catalog, tenant_id)
+    used = count_seats(conn, tenant_id)
+    if used >= plan.seats:
+        raise SeatLimitReached(
+            f"the {plan.name} plan has {plan.seats} seats and all are in use; "
+            "remove a member or change the plan",
+            seats=plan.seats,
+            used=used,
+        )

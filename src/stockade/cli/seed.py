@@ -39,7 +39,8 @@ def seed_demo(runtime: Runtime, say: Callable[[str], None]) -> bool:
         return False
 
     for name in DEMO_TENANTS:
-        admin.create_tenant(owner, name)
+        # The free plan has 3 seats; the demo has 6 members per tenant.
+        admin.create_tenant(owner, name, "pro")
     say("Demo users (the passwords are shown only now and stored nowhere in clear):")
     for tenant in DEMO_TENANTS:
         for role in sorted(runtime.policy.roles):

@@ -91,6 +91,9 @@ def _apply_roles(
     removed = current - set(wanted)
     added = set(wanted) - current
     _refuse_last_admin(conn, tenant_id, user_id, removed)
+    joins_now = not current and any(not approvals.needs_approval(policy, r) for r in added)
+    if joins_now:
+        _check_seat(request, conn, tenant_id)
 
     for role in sorted(removed):
         conn.execute(
@@ -140,6 +143,13 @@ def _apply_roles(
         "roles": _member_roles(conn, tenant_id, user_id),
         "pending": pending,
     }
+
+
+def _check_seat(request: Request, conn: Connection, tenant_id: uuid.UUID) -> None:
+    """Ask the plan, through the guard the app installs, for a seat for one more member."""
+    guard = getattr(request.app.state, "seat_guard", None)
+    if guard is not None:
+        guard(conn, tenant_id=tenant_id)
 
 
 def _refuse_last_admin(
@@ -341,6 +351,13 @@ def _decide(
     engine = request.app.state.db.app
     try:
         with scoped_transaction(engine, principal.scope()) as conn:
+            pending = approvals.find_request(conn, principal.tenant_id, request_id)
+            if (
+                approve
+                and pending
+                and not _member_roles(conn, principal.tenant_id, pending.user_id)
+            ):
+                _check_seat(request, conn, principal.tenant_id)
             decided = approvals.decide(
                 conn, principal.tenant_id, request_id, principal.user_id, approve=approve
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import structlog
@@ -20,6 +21,7 @@ from stockade.access.policy import AUTHENTICATED, PUBLIC, Policy
 from stockade.audit import routes as audit_routes
 from stockade.billing import payment_routes, webhooks
 from stockade.billing import routes as billing_routes
+from stockade.billing.entitlements import check_seat_available
 from stockade.errors import BadInput, OAuthError, Problem, Unprocessable
 from stockade.identity import account, members, signin
 from stockade.identity import routes as oauth_routes
@@ -51,6 +53,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.db = runtime.db
     app.state.policy = runtime.policy
     app.state.plans = runtime.plans
+    # Identity adds members; billing decides whether the plan has a seat for them.
+    app.state.seat_guard = partial(check_seat_available, catalog=runtime.plans)
     app.state.tokens = tokens
     provider = Provider(runtime.settings, runtime.db, tokens)
     app.state.provider = provider
