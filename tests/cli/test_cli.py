@@ -260,3 +260,15 @@ def test_reset_mfa_signs_user_out(settings: Settings, runtime: Runtime) -> None:
 
     assert reset.returncode == 0, reset.stderr
     assert_one_line_error(unknown, "not found")
+
+
+def test_audit_platform_lists_events(settings: Settings, runtime: Runtime) -> None:
+    from stockade.audit.trail import record_platform_event
+
+    marker = f"probe-{uuid.uuid4().hex[:8]}"
+    record_platform_event(runtime.db.app, action="test:probe", subject=marker)
+
+    result = run(settings, "audit", "platform", "--limit", "20")
+
+    assert result.returncode == 0, result.stderr
+    assert "test:probe" in result.stdout

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 
 from sqlalchemy import text
 
 from stockade.config import Settings
 from stockade.runtime import Runtime
-from tests.cli.test_cli import assert_one_line_error, run
+from tests.cli.test_cli import STOCKADE, assert_one_line_error, run
 
 
 def _platform_actions(runtime: Runtime) -> list[str]:
@@ -90,3 +91,20 @@ def test_reconcile_without_api_key_is_one_line(settings: Settings, runtime: Runt
     result = run(settings, "billing", "reconcile")
 
     assert_one_line_error(result, "no stripe-api-key is set")
+
+
+def test_binary_receipt_is_one_line(settings: Settings, runtime: Runtime, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    receipt = tmp_path / "receipt.bin"
+    receipt.write_bytes(b"\xff\xfe\x00binary")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+
+    result = subprocess.run(  # noqa: S603 - our own entry point with fixed arguments
+        [STOCKADE, "receipt", "verify", str(receipt), "--jwks", str(jwks)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert_one_line_error(result, "is not text")

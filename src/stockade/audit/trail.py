@@ -74,6 +74,11 @@ _CHAIN_TENANT = text(
     " request_id, trace_id, data, prev_hash, hash from audit_events"
     " where tenant_id = :tenant_id order by seq"
 )
+_PAGE_PLATFORM = text(
+    "select null::uuid, seq, occurred_at, action, actor_user_id, subject, client_address,"
+    " request_id, trace_id, data, prev_hash, hash from platform_audit_events"
+    " order by seq desc limit :limit"
+)
 _CHAIN_PLATFORM = text(
     "select null::uuid, seq, occurred_at, action, actor_user_id, subject, client_address,"
     " request_id, trace_id, data, prev_hash, hash from platform_audit_events order by seq"
@@ -211,6 +216,16 @@ def list_events(
         _PAGE_TENANT,
         {"tenant_id": tenant_id, "before": before or 2**63 - 1, "limit": limit},
     ).all()
+    return [_event_from(row) for row in rows]
+
+
+def list_platform_events(owner: Engine, *, limit: int) -> list[AuditEvent]:
+    """List the newest platform events (no tenant), newest first, as the owner role.
+
+    The application role may only append to this chain, so operators read it here.
+    """
+    with owner.connect() as conn:
+        rows = conn.execute(_PAGE_PLATFORM, {"limit": limit}).all()
     return [_event_from(row) for row in rows]
 
 

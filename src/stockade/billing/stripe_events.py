@@ -34,6 +34,9 @@ HANDLED_TYPES = frozenset(
 )
 
 _MAX_ID_LENGTH = 255
+# Amounts are whole minor units. This bound is far above any real invoice and far
+# below the bigint column's limit, so an absurd value is rejected, not retried forever.
+_MAX_AMOUNT = 10**15
 # Unix times from 2001 to 2286; anything else in `created` is not a Stripe timestamp.
 _MIN_TIME, _MAX_TIME = 1_000_000_000, 9_999_999_999
 
@@ -119,9 +122,15 @@ def parse_event(body: bytes) -> StripeEvent:
     return StripeEvent(event_id, event_type, created, api_version, livemode, data["object"])
 
 
+def _expect_object(document: Mapping[str, Any], kind: str) -> None:
+    if document.get("object", kind) != kind:
+        raise MalformedEvent(f"the event's object is {document.get('object')!r}, not {kind!r}")
+
+
 def subscription_state(subscription: Mapping[str, Any]) -> SubscriptionState:
     """Read a subscription object, from an event or from the API."""
     where = "subscription"
+    _expect_object(subscription, "subscription")
     items = _list_data(subscription.get("items"), f"{where}.items")
     price_ids: list[str] = []
     period_ends: list[int] = []
@@ -154,6 +163,7 @@ def subscription_state(subscription: Mapping[str, Any]) -> SubscriptionState:
 
 def checkout_completion(session: Mapping[str, Any]) -> CheckoutCompletion:
     where = "checkout.session"
+    _expect_object(session, "checkout.session")
     hint = _metadata_tenant(session.get("metadata"), f"{where}.metadata")
     reference = session.get("client_reference_id")
     if reference is not None and not isinstance(reference, str):
@@ -169,9 +179,10 @@ def checkout_completion(session: Mapping[str, Any]) -> CheckoutCompletion:
 
 def invoice_record(invoice: Mapping[str, Any]) -> InvoiceRecord:
     where = "invoice"
+    _expect_object(invoice, "invoice")
     amount = invoice.get("amount_paid")
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-        raise MalformedEvent(f"'{where}.amount_paid' is not a whole number of at least 0")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= _MAX_AMOUNT:
+        raise MalformedEvent(f"'{where}.amount_paid' is not a whole number from 0 to 10**15")
     currency = invoice.get("currency")
     if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
         raise MalformedEvent(f"'{where}.currency' is not a three-letter currency code")

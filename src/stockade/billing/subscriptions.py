@@ -164,12 +164,20 @@ def apply_subscription(
     plan_name = _plan_of(catalog, state)
     link_customer(conn, tenant_id, state.customer_id)
     _write(conn, tenant_id, state, plan_name, observed_at, rank, source)
+    reason = f"Stripe subscription {state.subscription_id} is {state.status} ({source})"
+    if plan_name is None and state.price_ids:
+        # Say why the plan falls back, so the audit trail shows a missing price mapping.
+        reason += f"; its prices {', '.join(state.price_ids)} match no plan in the policy file"
     change = set_plan(
         conn,
         tenant_id,
         effective_plan(conn, catalog, tenant_id),
-        f"Stripe subscription {state.subscription_id} is {state.status} ({source})",
-        data={"subscription": state.subscription_id, "status": state.status},
+        reason,
+        data={
+            "subscription": state.subscription_id,
+            "status": state.status,
+            "prices": list(state.price_ids),
+        },
     )
     outcome = f"{state.status}; plan {change.current}"
     return Applied(

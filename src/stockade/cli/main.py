@@ -316,6 +316,24 @@ def audit_verify(
     raise typer.Exit(code=1)
 
 
+@audit_app.command("platform")
+@clear_errors
+def audit_platform(
+    limit: Annotated[int, typer.Option(help="How many of the newest events", min=1, max=1000)] = 50,
+    data_dir: DataDir = None,
+) -> None:
+    """Print the newest platform events: webhook rejections, pauses, secret rotations."""
+    import json
+
+    from stockade.audit.trail import list_platform_events
+
+    with _opened(data_dir) as runtime:
+        events = list_platform_events(runtime.db.owner, limit=limit)
+    for event in events:
+        details = json.dumps(event.data, sort_keys=True)
+        typer.echo(f"{event.seq}\t{event.occurred_at.isoformat()}\t{event.action}\t{details}")
+
+
 @app.command()
 @clear_errors
 def demo(data_dir: DataDir = None) -> None:

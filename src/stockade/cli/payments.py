@@ -182,7 +182,10 @@ def _set_paused(data_dir: Path | None, *, paused: bool) -> None:
 
 
 def _read_receipt(path: Path) -> str:
-    content = path.read_text(encoding="utf-8").strip()
+    try:
+        content = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise fail(f"{path} is not text: a receipt is a JWS or the JSON that holds one") from None
     if not content.startswith("{"):
         return content
     try:

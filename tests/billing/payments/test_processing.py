@@ -215,3 +215,43 @@ def test_same_second_deletion_wins(
 
     assert event_status(runtime, str(updated["id"]))[0] == "ignored"
     assert plan_of(runtime, subscriber.tenant_id) == "free"
+
+
+def test_absurd_amount_is_rejected(
+    client: TestClient,
+    runtime: Runtime,
+    webhook_secret: str,
+    subscriber: Subscriber,
+    drain: Callable[[], None],
+) -> None:
+    post_stripe(client, _event(subscriber, "customer.subscription.created"), webhook_secret)
+    paid = _event(subscriber, "invoice.paid", invoice=f"in_test{uuid.uuid4().hex[:12]}")
+    paid["data"]["object"]["amount_paid"] = 2**63
+
+    response = post_stripe(client, paid, webhook_secret)
+    drain()
+
+    status, outcome = event_status(runtime, str(paid["id"]))
+    assert response.status_code == 200
+    assert status == "rejected"
+    assert "amount_paid" in outcome
+
+
+def test_wrong_object_kind_is_rejected(
+    client: TestClient,
+    runtime: Runtime,
+    webhook_secret: str,
+    subscriber: Subscriber,
+    drain: Callable[[], None],
+) -> None:
+    event = _event(subscriber, "customer.subscription.updated")
+    event["data"]["object"]["object"] = "invoice"
+
+    response = post_stripe(client, event, webhook_secret)
+    drain()
+
+    status, outcome = event_status(runtime, str(event["id"]))
+    assert response.status_code == 200
+    assert status == "rejected"
+    assert "'invoice', not 'subscription'" in outcome
+    assert plan_of(runtime, subscriber.tenant_id) != "pro"
