@@ -57,9 +57,10 @@ from functools import cached_property
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, TextClause, text
+from sqlalchemy import Connection, Engine, text
 
 from stockade.billing.scope import tenant_transaction
+from stockade.db.scope import execute_on_driver
 from stockade.errors import Problem
 
 log = structlog.get_logger(__name__)
@@ -70,32 +71,36 @@ RESERVATION_TTL = timedelta(minutes=15)
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 # The two reserving statements differ only in where the limit comes from: a number, or
-# the tenant's plan, looked up in the same statement to save a round trip.
-_RESERVE = text(
+# the tenant's plan, looked up in the same statement to save a round trip. The statements
+# of reserve, settle and release run through execute_on_driver, so they use psycopg's
+# %(name)s placeholders. The others are SQLAlchemy text() with :name placeholders.
+_RESERVE = (
     "with counted as ("
-    " update usage_counters set reserved = reserved + :amount"
-    " where tenant_id = :tenant and kind = :kind and period = :period"
-    " and window_start = :window_start"
-    " and used + reserved + :amount <= cast(:limit as bigint)"
+    " update usage_counters set reserved = reserved + %(amount)s"
+    " where tenant_id = %(tenant)s and kind = %(kind)s and period = %(period)s"
+    " and window_start = %(window_start)s"
+    " and used + reserved + %(amount)s <= cast(%(limit)s as bigint)"
     " returning tenant_id)"
     " insert into usage_reservations"
     " (id, tenant_id, kind, period, window_start, amount, created_at, expires_at)"
-    " select :id, tenant_id, :kind, :period, :window_start, :amount, :now, :expires_at"
+    " select %(id)s, tenant_id, %(kind)s, %(period)s, %(window_start)s, %(amount)s,"
+    " %(now)s, %(expires_at)s"
     " from counted"
 )
-_RESERVE_BY_PLAN = text(
+_RESERVE_BY_PLAN = (
     "with counted as ("
-    " update usage_counters set reserved = reserved + :amount"
-    " where tenant_id = :tenant and kind = :kind and period = :period"
-    " and window_start = :window_start"
-    " and used + reserved + :amount <= coalesce("
-    "  (select cast(cast(:plan_limits as jsonb) ->> t.plan as bigint)"
-    "   from tenants t where t.id = :tenant),"
-    "  cast(:default_limit as bigint))"
+    " update usage_counters set reserved = reserved + %(amount)s"
+    " where tenant_id = %(tenant)s and kind = %(kind)s and period = %(period)s"
+    " and window_start = %(window_start)s"
+    " and used + reserved + %(amount)s <= coalesce("
+    "  (select cast(cast(%(plan_limits)s as jsonb) ->> t.plan as bigint)"
+    "   from tenants t where t.id = %(tenant)s),"
+    "  cast(%(default_limit)s as bigint))"
     " returning tenant_id)"
     " insert into usage_reservations"
     " (id, tenant_id, kind, period, window_start, amount, created_at, expires_at)"
-    " select :id, tenant_id, :kind, :period, :window_start, :amount, :now, :expires_at"
+    " select %(id)s, tenant_id, %(kind)s, %(period)s, %(window_start)s, %(amount)s,"
+    " %(now)s, %(expires_at)s"
     " from counted"
 )
 _TENANT_PLAN = text("select plan from tenants where id = :tenant")
@@ -124,28 +129,30 @@ _COUNTER = text(
     " where tenant_id = :tenant and kind = :kind and period = :period"
     " and window_start = :window_start"
 )
-# :from_status is 'reserved', or 'expired' for a late settle; :held is 1 when the amount
+# from_status is 'reserved', or 'expired' for a late settle; held is 1 when the amount
 # still counts in `reserved` and must leave it, 0 when the expiry sweep took it out.
-_SETTLE = text(
+_SETTLE = (
     "with settled as ("
-    " update usage_reservations set status = 'settled', closed_at = :now, actual = :actual"
-    " where id = :id and tenant_id = :tenant and status = :from_status"
+    " update usage_reservations"
+    " set status = 'settled', closed_at = %(now)s, actual = %(actual)s"
+    " where id = %(id)s and tenant_id = %(tenant)s and status = %(from_status)s"
     " returning kind, period, window_start, amount),"
     " counted as ("
     " update usage_counters c"
-    " set used = c.used + :actual, reserved = c.reserved - s.amount * :held"
-    " from settled s where c.tenant_id = :tenant and c.kind = s.kind"
+    " set used = c.used + %(actual)s, reserved = c.reserved - s.amount * %(held)s"
+    " from settled s where c.tenant_id = %(tenant)s and c.kind = s.kind"
     " and c.period = s.period and c.window_start = s.window_start)"
     " insert into usage_ledger (tenant_id, kind, quantity, occurred_at, reservation_id, data)"
-    " select :tenant, s.kind, :actual, :now, :id, cast(:data as jsonb) from settled s"
+    " select %(tenant)s, s.kind, %(actual)s, %(now)s, %(id)s, cast(%(data)s as jsonb)"
+    " from settled s"
 )
-_RELEASE = text(
+_RELEASE = (
     "with released as ("
-    " update usage_reservations set status = 'released', closed_at = :now"
-    " where id = :id and tenant_id = :tenant and status = 'reserved'"
+    " update usage_reservations set status = 'released', closed_at = %(now)s"
+    " where id = %(id)s and tenant_id = %(tenant)s and status = 'reserved'"
     " returning kind, period, window_start, amount)"
     " update usage_counters c set reserved = c.reserved - r.amount"
-    " from released r where c.tenant_id = :tenant and c.kind = r.kind"
+    " from released r where c.tenant_id = %(tenant)s and c.kind = r.kind"
     " and c.period = r.period and c.window_start = r.window_start"
 )
 _WINDOW_USAGE = text(
@@ -359,12 +366,12 @@ def settle(
     }
     with tenant_transaction(target, reservation.tenant_id) as conn:
         late = False
-        settled = conn.execute(_SETTLE, {**params, "from_status": "reserved", "held": 1}).rowcount
+        settled = execute_on_driver(conn, _SETTLE, {**params, "from_status": "reserved", "held": 1})
         if settled == 0:
             late = True
-            settled = conn.execute(
-                _SETTLE, {**params, "from_status": "expired", "held": 0}
-            ).rowcount
+            settled = execute_on_driver(
+                conn, _SETTLE, {**params, "from_status": "expired", "held": 0}
+            )
     if settled == 0:
         raise ReservationClosed(f"reservation {reservation.id} is settled or released already")
     returned = 0 if late else max(reservation.amount - actual, 0)
@@ -379,7 +386,7 @@ def release(target: Engine | Connection, reservation: Reservation) -> bool:
     """
     params = {"id": reservation.id, "tenant": reservation.tenant_id, "now": datetime.now(UTC)}
     with tenant_transaction(target, reservation.tenant_id) as conn:
-        return conn.execute(_RELEASE, params).rowcount == 1
+        return execute_on_driver(conn, _RELEASE, params) == 1
 
 
 def window_usage(
@@ -410,7 +417,7 @@ def _reserve_in(
     conn: Connection, reservation: Reservation, limit: int | PlanLimits, now: datetime
 ) -> Reservation | BudgetExceeded:
     statement, params = _reserve_statement(reservation, limit, now)
-    if conn.execute(statement, params).rowcount == 1:
+    if execute_on_driver(conn, statement, params) == 1:
         return reservation
 
     # Slow path: the window has no counter row yet, or it is full. Create the row, take
@@ -423,7 +430,7 @@ def _reserve_in(
         )
     conn.execute(_CREATE_COUNTER, window_params)
     _expire_reservations(conn, window_params, now)
-    if conn.execute(statement, params).rowcount == 1:
+    if execute_on_driver(conn, statement, params) == 1:
         return reservation
 
     used, reserved = conn.execute(_COUNTER, window_params).one()
@@ -468,7 +475,7 @@ def _window_params(reservation: Reservation) -> dict[str, Any]:
 
 def _reserve_statement(
     reservation: Reservation, limit: int | PlanLimits, now: datetime
-) -> tuple[TextClause, dict[str, Any]]:
+) -> tuple[str, dict[str, Any]]:
     params = {
         **_window_params(reservation),
         "id": reservation.id,
