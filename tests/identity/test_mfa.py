@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
+from sqlalchemy import text
 
 from stockade.identity import admin, mfa
 from stockade.runtime import Runtime
@@ -186,7 +187,7 @@ def test_recovery_code_works_once(live_server: str, factory: Factory) -> None:
     assert results[1].status_code == 401
 
 
-def test_five_wrong_codes_end_session(live_server: str, factory: Factory) -> None:
+def test_five_wrong_codes_end_session(live_server: str, runtime: Runtime, factory: Factory) -> None:
     member = factory.member(roles=("admin",))
     client_id = factory.client(REDIRECT_URI).client_id
     setup = Browser(live_server)
@@ -201,6 +202,15 @@ def test_five_wrong_codes_end_session(live_server: str, factory: Factory) -> Non
 
     assert "Too many wrong codes" in page.text
     assert 'name="password"' in page.text
+    with runtime.db.owner.begin() as conn:
+        failures = conn.execute(
+            text(
+                "select count(*) from audit_events where tenant_id = :t"
+                " and action = 'signin:mfa-failed'"
+            ),
+            {"t": member.tenant_id},
+        ).scalar_one()
+    assert failures == 5
 
 
 def test_privileged_permission_needs_mfa(client: TestClient, factory: Factory) -> None:

@@ -14,6 +14,7 @@ from starlette.datastructures import FormData
 
 from stockade.access.guard import require
 from stockade.access.policy import PUBLIC
+from stockade.audit.trail import record_event
 from stockade.db import Scope, scoped_transaction
 from stockade.identity import mfa, store
 from stockade.identity.passwords import PasswordRejected, check_new_password, hash_password
@@ -151,6 +152,7 @@ def _submit_second_factor(request: Request, form: FormData) -> Response:
         return RedirectResponse(_next_url(query), status_code=303)
 
     log.info("mfa_failed", user_id=str(user_id))
+    _audit_code_failure(request, user_id)
     if not store.count_second_factor_failure(state.db.app, raw, MAX_CODE_FAILURES):
         return login_form(request, query, error="Too many wrong codes; sign in again.", status=401)
     return render_form(
@@ -160,6 +162,20 @@ def _submit_second_factor(request: Request, form: FormData) -> Response:
         authorization_request=query,
         error="That code is not valid or was already used.",
     )
+
+
+def _audit_code_failure(request: Request, user_id: uuid.UUID) -> None:
+    """Record a wrong second-factor code in the trail of each tenant the user belongs to."""
+    engine = request.app.state.db.app
+    for choice in store.tenant_choices(engine, user_id):
+        with scoped_transaction(engine, Scope(tenant_id=choice.tenant_id, user_id=user_id)) as conn:
+            record_event(
+                conn,
+                tenant_id=choice.tenant_id,
+                action="signin:mfa-failed",
+                actor_user_id=user_id,
+                subject=str(user_id),
+            )
 
 
 def _pending_user(request: Request) -> uuid.UUID | None:
