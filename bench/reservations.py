@@ -37,7 +37,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import text
+from tickets_auth import git_commit, stop_embedded_server
 
 from stockade.audit.logs import configure_logging
 from stockade.billing.entitlements import LLM_TOKENS, reserve_within_plan
@@ -350,20 +350,7 @@ def render_report(
 def describe_environment(runtime: Runtime) -> list[str]:
     with runtime.db.owner.connect() as conn:
         server_version = conn.execute(text("show server_version")).scalar_one()
-    git = shutil.which("git")
-    try:
-        if git is None:
-            raise FileNotFoundError("git")
-        commit = subprocess.run(  # noqa: S603 - fixed arguments, git found on PATH
-            [git, "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = git_commit()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     database = "STOCKADE_DATABASE_URL" if runtime.settings.database_url else "embedded (pgserver)"
     return [
@@ -373,15 +360,6 @@ def describe_environment(runtime: Runtime) -> list[str]:
         f"- Python {platform.python_version()} (threads share the GIL),"
         f" PostgreSQL {server_version} ({database}), client and server on the same machine",
     ]
-
-
-def stop_embedded_server(settings: Settings) -> None:
-    """Stop the embedded PostgreSQL before its folder is deleted."""
-    if settings.database_url:
-        return
-    import pgserver  # only the embedded database needs it
-
-    pgserver.get_server(settings.postgres_dir.resolve()).cleanup()  # type: ignore[attr-defined]
 
 
 def seed_tenant(runtime: Runtime) -> uuid.UUID:

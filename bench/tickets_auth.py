@@ -290,8 +290,8 @@ def delete_seeded(runtime: Runtime, seeded: Seeded) -> None:
     """Delete the bench tenants (tickets, memberships and token families cascade), the
     bench client and the bench user.
 
-    The audit trail is append-only and keeps its tenants, so on a database that outlives
-    the bench, the seeded tenants stay; the embedded one is deleted with its folder.
+    The audit trail is append-only and keeps its tenants. So on a database that outlives
+    the bench, the seeded tenants stay. The embedded database is deleted with its folder.
     """
     try:
         with runtime.db.owner.begin() as conn:
@@ -434,6 +434,19 @@ def measure_in_process(
 def describe_environment(runtime: Runtime) -> list[str]:
     with runtime.db.owner.connect() as conn:
         server_version = conn.execute(text("show server_version")).scalar_one()
+    commit = git_commit()
+    database = "STOCKADE_DATABASE_URL" if runtime.settings.database_url else "embedded (pgserver)"
+    return [
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
+        f"- machine: {platform.machine()}, {_cpu_count()} CPUs,"
+        f" {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__},"
+        f" httpx {httpx.__version__}, PostgreSQL {server_version} ({database})",
+    ]
+
+
+def git_commit() -> str:
+    """Return the short hash of HEAD, or "unknown" outside a git checkout."""
     git = shutil.which("git")
     try:
         if git is None:
@@ -448,14 +461,7 @@ def describe_environment(runtime: Runtime) -> list[str]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    database = "STOCKADE_DATABASE_URL" if runtime.settings.database_url else "embedded (pgserver)"
-    return [
-        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
-        f"- machine: {platform.machine()}, {_cpu_count()} CPUs,"
-        f" {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__},"
-        f" httpx {httpx.__version__}, PostgreSQL {server_version} ({database})",
-    ]
+    return commit
 
 
 def _uvicorn_stack() -> str:

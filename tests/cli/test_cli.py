@@ -220,7 +220,7 @@ def test_missing_data_folder_is_one_line(tmp_path: Path, runtime: Runtime) -> No
     assert not (tmp_path / "absent").exists()
 
 
-def test_data_folder_that_is_a_file_is_one_line(tmp_path: Path, runtime: Runtime) -> None:
+def test_data_folder_file_is_one_line(tmp_path: Path, runtime: Runtime) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("not a folder")
     assert_one_line_error(run(Settings(data_dir=a_file), "demo"), "Not a directory")

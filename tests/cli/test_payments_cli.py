@@ -107,4 +107,4 @@ def test_binary_receipt_is_one_line(settings: Settings, runtime: Runtime, tmp_pa
         check=False,
     )
 
-    assert_one_line_error(result, "is not text")
+    assert_one_line_error(result, "is not UTF-8 text")

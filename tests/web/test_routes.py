@@ -14,7 +14,7 @@ from stockade.access.policy import AUTHENTICATED, PUBLIC
 from stockade.runtime import Runtime
 from stockade.web.app import UndeclaredRouteError, api_routes, check_routes
 
-# Routes that answer without a token, and why.
+# Routes that respond without a token, and why.
 EXPECTED_PUBLIC = {
     "/.well-known/openid-configuration",  # discovery
     "/oauth/authorize",

@@ -135,6 +135,10 @@ def count_seats(conn: Connection, tenant_id: uuid.UUID) -> int:
     return int(seats)
 
 
+# Any constant works; it keeps seat locks apart from the other advisory locks.
+_SEAT_LOCK_NAMESPACE = 5_310_742
+
+
 class SeatLimitReached(Problem):
     """Adding a member would use more seats than the tenant's plan has."""
 
@@ -146,10 +150,17 @@ class SeatLimitReached(Problem):
 def check_seat_available(conn: Connection, catalog: PlanCatalog, tenant_id: uuid.UUID) -> None:
     """Raise ``SeatLimitReached`` unless the tenant's plan has a seat for one more member.
 
-    Call it in the transaction that adds the membership; the tenant row lock that
-    ``set_plan`` takes is not held here, so a plan change racing an invitation may let
-    one invitation through on the old plan.
+    Call it in the transaction that adds the membership. It takes a per-tenant advisory
+    lock until that transaction ends, so two concurrent invitations cannot both take the
+    last seat.
+
+    NOTE: it does not take the tenant row lock that ``set_plan`` takes, so a plan change
+    that races an invitation may let that one invitation through on the old plan.
     """
+    conn.execute(
+        text("select pg_advisory_xact_lock(:namespace, hashtext(cast(:tenant as text)))"),
+        {"namespace": _SEAT_LOCK_NAMESPACE, "tenant": tenant_id},
+    )
     plan = tenant_plan(conn, catalog, tenant_id)
     used = count_seats(conn, tenant_id)
     if used >= plan.seats:

@@ -185,7 +185,9 @@ def _read_receipt(path: Path) -> str:
     try:
         content = path.read_text(encoding="utf-8").strip()
     except UnicodeDecodeError:
-        raise fail(f"{path} is not text: a receipt is a JWS or the JSON that holds one") from None
+        raise fail(
+            f"{path} is not UTF-8 text; give the JWS, or the JSON response that contains it"
+        ) from None
     if not content.startswith("{"):
         return content
     try:

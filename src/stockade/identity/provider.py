@@ -390,7 +390,7 @@ class Provider:
 
         Either kind ends the whole family: its refresh tokens stop at once, and its access
         tokens are refused on their next request. Unknown, expired or foreign tokens are
-        ignored, as RFC 7009 section 2.2 asks.
+        ignored, as RFC 7009 section 2.2 requires.
         """
         if token.count(".") == 2:
             self._revoke_access_token(token, client)

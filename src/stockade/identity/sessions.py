@@ -105,7 +105,8 @@ def assert_active(conn: Connection, principal: Principal) -> None:
         },
     ).one()
     *live, dpop_required = row
-    # Requiring DPoP also revokes unbound families; the DPoP challenge says what to do.
+    # Requiring DPoP also revokes unbound families, so check it first: the DPoP challenge
+    # tells the client to retry with a proof, where "revoked" would not.
     if dpop_required and principal.dpop_jkt is None:
         raise dpop.unauthorized(
             "this tenant accepts only DPoP-bound access tokens", "invalid_token"

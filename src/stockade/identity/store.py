@@ -147,7 +147,7 @@ def browser_session(
 
 
 def complete_second_factor(engine: Engine, raw: str, amr: list[str]) -> None:
-    """Record a passed second factor: the session is complete and says how."""
+    """Mark the session complete and store the methods it used (``amr``)."""
     with scoped_transaction(engine, Scope()) as conn:
         conn.execute(
             text(

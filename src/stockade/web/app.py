@@ -229,7 +229,7 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            # Answer here, so the error becomes one structured log line and a clean 500
+            # Respond here, so the error becomes one structured log line and a clean 500
             # rather than the server's plain-text traceback.
             log.exception("unhandled_error", path=scope["path"])
             if not response_started:
