@@ -22,8 +22,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from stockade.config import Settings, load_settings
+from stockade.db import Scope
 from stockade.identity import admin, sessions
 from stockade.identity.passwords import hash_password
+from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime, open_runtime
 from stockade.web.app import create_app
 
@@ -58,6 +60,12 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 @pytest.fixture(scope="session")
 def app(runtime: Runtime) -> FastAPI:
     return create_app(runtime)
+
+
+@pytest.fixture(scope="session")
+def knowledge(app: FastAPI) -> Knowledge:
+    found: Knowledge = app.state.knowledge
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +106,10 @@ class Member:
     roles: tuple[str, ...]
     # The token family that ``Factory.token`` issues this member's tokens in.
     family_id: uuid.UUID
+
+    def scope(self) -> Scope:
+        """The scope a request of this member's runs in."""
+        return Scope(tenant_id=self.tenant_id, roles=self.roles, user_id=self.user_id)
 
 
 class Factory:

@@ -27,8 +27,10 @@ from stockade.audit.trail import record_event
 from stockade.billing.ledger import Window, reserve, settle
 from stockade.db import Scope, scoped_transaction
 from stockade.identity import store
+from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime
 from tests.conftest import Factory, Member, bearer
+from tests.knowledge.conftest import add_indexed
 
 ROLES = ("viewer", "contributor", "auditor", "billing-admin", "admin")
 # The roles that grant tickets:read and tickets:write, restated here so the test does not
@@ -292,7 +294,7 @@ def seed_member_rows(app_engine: Engine, member: Member, invitee: Member) -> Non
 
 
 @pytest.fixture
-def pair(factory: Factory, runtime: Runtime) -> SeededPair:
+def pair(factory: Factory, runtime: Runtime, knowledge: Knowledge) -> SeededPair:
     client_id = factory.client(REDIRECT_URI).client_id
     a = factory.member(factory.tenant("iso-a"), roles=ROLES)
     b = factory.member(factory.tenant("iso-b"), roles=ROLES)
@@ -301,6 +303,7 @@ def pair(factory: Factory, runtime: Runtime) -> SeededPair:
         seed_audit_event(runtime.db.app, member)
         seed_usage(runtime.db.app, member)
         seed_billing(runtime, member)
+        add_indexed(knowledge, member, "handbook", "Refunds take five days. Write to help.")
         invitee = factory.member((member.tenant_id, member.tenant), roles=("viewer",))
         seed_member_rows(runtime.db.app, member, invitee)
     return SeededPair(a, b, factory.ticket(a, "ticket of a"), factory.ticket(b, "ticket of b"))

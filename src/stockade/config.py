@@ -15,6 +15,7 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path(".stockade")
 DEFAULT_ACCESS_TOKEN_MINUTES = 15
 MAX_ACCESS_TOKEN_MINUTES = 60
+EMBEDDERS = ("hashing", "openai", "sentence-transformers")
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -35,6 +36,13 @@ class Settings:
     policy_file: Path | None = None
     # Where the Stripe API is reached; tests point it at a server of their own.
     stripe_api_base: str = "https://api.stripe.com"
+    # How document chunks and search queries become vectors: "hashing" (offline, the
+    # default), "openai" (an OpenAI-compatible /embeddings endpoint at embeddings_url,
+    # its key in the key store as "embeddings-api-key") or "sentence-transformers"
+    # (the local-models extra).
+    embedder: str = "hashing"
+    embeddings_url: str | None = None
+    embeddings_model: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.access_token_minutes <= MAX_ACCESS_TOKEN_MINUTES:
@@ -61,6 +69,18 @@ class Settings:
             raise ConfigError(
                 f"STOCKADE_STRIPE_API_BASE={self.stripe_api_base!r} must use https"
                 " outside loopback addresses"
+            )
+
+        if self.embedder not in EMBEDDERS:
+            raise ConfigError(
+                f"STOCKADE_EMBEDDER={self.embedder!r} is not one of {', '.join(EMBEDDERS)}"
+            )
+        if self.embedder == "openai" and not (self.embeddings_url or "").startswith(
+            ("https://", "http://127.0.0.1", "http://localhost")
+        ):
+            raise ConfigError(
+                "STOCKADE_EMBEDDINGS_URL must be set, and use https outside loopback"
+                " addresses, when STOCKADE_EMBEDDER=openai"
             )
 
     @property
@@ -105,6 +125,9 @@ def load_settings(
         ),
         refresh_token_days=_int_env("STOCKADE_REFRESH_TOKEN_DAYS", 30),
         policy_file=Path(policy) if policy else None,
+        embedder=env.get("STOCKADE_EMBEDDER") or Settings.embedder,
+        embeddings_url=(env.get("STOCKADE_EMBEDDINGS_URL") or "").rstrip("/") or None,
+        embeddings_model=env.get("STOCKADE_EMBEDDINGS_MODEL") or "",
         stripe_api_base=(env.get("STOCKADE_STRIPE_API_BASE") or Settings.stripe_api_base).rstrip(
             "/"
         ),

@@ -28,6 +28,8 @@ stripe_price = "price_free"
 llm_calls_per_day = 50
 llm_tokens_per_month = 1000
 seats = 3
+documents = 10
+document_bytes = 100_000
 features = []
 """
 

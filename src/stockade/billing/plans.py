@@ -33,9 +33,17 @@ log = structlog.get_logger(__name__)
 # The plan of a new tenant: the database default of tenants.plan.
 DEFAULT_PLAN = "free"
 PLAN_KEYS = frozenset(
-    {"stripe_price", "llm_calls_per_day", "llm_tokens_per_month", "seats", "features"}
+    {
+        "stripe_price",
+        "llm_calls_per_day",
+        "llm_tokens_per_month",
+        "seats",
+        "documents",
+        "document_bytes",
+        "features",
+    }
 )
-_LIMIT_KEYS = ("llm_calls_per_day", "llm_tokens_per_month", "seats")
+_LIMIT_KEYS = ("llm_calls_per_day", "llm_tokens_per_month", "seats", "documents", "document_bytes")
 # Counters are bigint columns that add a limit to usage; this bound keeps the sum far
 # from overflow.
 MAX_LIMIT = 10**15
@@ -63,6 +71,9 @@ class Plan:
     llm_calls_per_day: int
     llm_tokens_per_month: int
     seats: int
+    # The knowledge base: how many documents a tenant may keep, and the largest upload.
+    documents: int
+    document_bytes: int
     features: frozenset[str]
 
     def has_feature(self, feature: str) -> bool:

@@ -15,8 +15,6 @@ The worker also requeues every open event when it starts.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +26,6 @@ from sqlalchemy import Connection, Engine
 from stockade.billing import events, processing, reconcile
 from stockade.billing.context import BillingContext
 from stockade.billing.events import EventKey
-from stockade.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -140,46 +137,6 @@ def connection_parameters(engine: Engine, **extra: str) -> dict[str, Any]:
         **extra,
     }
     return {key: value for key, value in parameters.items() if value is not None}
-
-
-class BillingWorker:
-    """Run the billing jobs until ``stop`` is called or the process gets SIGINT or SIGTERM."""
-
-    def __init__(self, runtime: Runtime, *, concurrency: int = 1) -> None:
-        self.context = BillingContext.from_runtime(runtime)
-        self.concurrency = concurrency
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Requeue open events, then work until stopped. Blocks."""
-        requeue_open_events(self.context.owner, pending_age=timedelta(0))
-        log.info("billing_worker_started", queue=QUEUE, concurrency=self.concurrency)
-        try:
-            asyncio.run(self._work(install_signal_handlers))
-        finally:
-            log.info("billing_worker_stopped")
-
-    def stop(self) -> None:
-        """Ask the worker to finish its current jobs and return; callable from any thread."""
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None:
-            loop.call_soon_threadsafe(task.cancel)
-
-    async def _work(self, install_signal_handlers: bool) -> None:
-        app = create_worker_app(self.context)
-        async with app.open_async():
-            self._loop = asyncio.get_running_loop()
-            self._task = asyncio.create_task(
-                app.run_worker_async(
-                    queues=[QUEUE],
-                    concurrency=self.concurrency,
-                    additional_context={"billing": self.context},
-                    install_signal_handlers=install_signal_handlers,
-                )
-            )
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 # The jobs. procrastinate runs the synchronous ones in a thread.

@@ -126,13 +126,14 @@ def serve(
 
     import uvicorn
 
-    from stockade.billing.worker import BillingWorker
+    from stockade.knowledge.service import Knowledge
     from stockade.web.app import create_app
+    from stockade.worker import Worker
 
     if role is Role.WORKER:
         runtime = _runtime(data_dir)
         try:
-            BillingWorker(runtime).run()
+            Worker(runtime).run()
         finally:
             runtime.close()
         return
@@ -144,13 +145,20 @@ def serve(
     _check_port_free(host, port)
     runtime = _runtime(data_dir, create=True, issuer=issuer)
     typer.echo(f"Stockade serves on {runtime.settings.issuer}  (data: {runtime.settings.data_dir})")
-    worker = BillingWorker(runtime) if role is Role.ALL else None
+    knowledge = Knowledge.from_runtime(runtime)
+    worker = Worker(runtime, knowledge=knowledge) if role is Role.ALL else None
     if worker is not None:
         threading.Thread(
             target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True
         ).start()
     try:
-        uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(
+            create_app(runtime, knowledge=knowledge),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+        )
     finally:
         if worker is not None:
             worker.stop()

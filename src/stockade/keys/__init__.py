@@ -5,6 +5,6 @@ cloud KMS backends implement the same ``KeyStore`` protocol.
 """
 
 from stockade.keys.local import LocalKeyStore
-from stockade.keys.store import KeyStore, Secret, SigningKey
+from stockade.keys.store import KeyStore, Secret, SigningKey, WrappedKey
 
-__all__ = ["KeyStore", "LocalKeyStore", "Secret", "SigningKey"]
+__all__ = ["KeyStore", "LocalKeyStore", "Secret", "SigningKey", "WrappedKey"]

@@ -13,6 +13,7 @@ encryption key outside the machine.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -24,10 +25,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import RSAKey
 
-from stockade.keys.store import Secret, SigningKey
+from stockade.keys.store import Secret, SigningKey, WrappedKey
 
 _AAD = b"stockade-keyring-v1"
 _RSA_BITS = 2048
@@ -143,6 +145,60 @@ class LocalKeyStore:
                 versions.append({"value": value, "created_at": _now().isoformat()})
             return Secret(versions[0]["value"])
 
+    # Wrapping keys: the key encryption keys of envelope encryption
+
+    def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
+        """Encrypt ``data_key`` under the current wrapping key, bound to ``context``."""
+        entry = self._current_wrapping_entry()
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(base64.b64decode(entry["key"])).encrypt(nonce, data_key, context)
+        return WrappedKey(key_id=entry["id"], blob=nonce + sealed)
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        """Decrypt a data key wrapped by ``wrap`` with the same ``context``."""
+        entries = self._read().get("wrapping_keys", [])
+        entry = next((item for item in entries if item["id"] == wrapped.key_id), None)
+        if entry is None:
+            raise KeyStoreError(f"wrapping key {wrapped.key_id!r} is not in the keyring")
+        try:
+            return AESGCM(base64.b64decode(entry["key"])).decrypt(
+                wrapped.blob[:12], wrapped.blob[12:], context
+            )
+        except InvalidTag:
+            raise KeyStoreError(
+                f"a data key wrapped by {wrapped.key_id!r} does not decrypt in this context"
+            ) from None
+
+    def current_wrapping_key_id(self) -> str:
+        return str(self._current_wrapping_entry()["id"])
+
+    def rotate_wrapping_key(self) -> str:
+        """Make a new current wrapping key; earlier ones stay to unwrap until re-wrapped."""
+        with self._locked() as document:
+            entry = _new_wrapping_entry()
+            document.setdefault("wrapping_keys", []).insert(0, entry)
+        return str(entry["id"])
+
+    def retire_wrapping_keys(self, keep: set[str]) -> int:
+        """Delete every wrapping key but the current one and those in ``keep``."""
+        with self._locked() as document:
+            entries = document.get("wrapping_keys", [])
+            kept = [
+                entry for index, entry in enumerate(entries) if index == 0 or entry["id"] in keep
+            ]
+            document["wrapping_keys"] = kept
+        return len(entries) - len(kept)
+
+    def _current_wrapping_entry(self) -> dict[str, Any]:
+        entries = self._read().get("wrapping_keys")
+        if entries:
+            return dict(entries[0])
+        with self._locked() as document:
+            entries = document.setdefault("wrapping_keys", [])
+            if not entries:
+                entries.append(_new_wrapping_entry())
+            return dict(entries[0])
+
     # Storage
 
     def _prepare_folder(self) -> None:
@@ -227,6 +283,14 @@ def _write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
     os.chmod(path, 0o600)
+
+
+def _new_wrapping_entry() -> dict[str, Any]:
+    return {
+        "id": "wk-" + secrets.token_urlsafe(9),
+        "key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "created_at": _now().isoformat(),
+    }
 
 
 def _signing_key_from(entry: dict[str, Any]) -> SigningKey:

@@ -57,6 +57,17 @@ class SigningKey:
         return jwk
 
 
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key encrypted under the key store's wrapping key ``key_id``."""
+
+    key_id: str
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"WrappedKey(key_id={self.key_id!r})"
+
+
 class KeyStore(Protocol):
     """The interface that every key store backend implements."""
 
@@ -73,6 +84,16 @@ class KeyStore(Protocol):
         ...
 
     def get_secret(self, name: str) -> Secret | None: ...
+
+    def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
+        """Encrypt a data key under the current wrapping key, bound to ``context``."""
+        ...
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        """Decrypt a wrapped data key; the same ``context`` must be given."""
+        ...
+
+    def current_wrapping_key_id(self) -> str: ...
 
     def set_secret(self, name: str, value: Secret, *, overlap: timedelta = ...) -> None:
         """Store a new version of ``name``; older versions stay active for ``overlap``."""

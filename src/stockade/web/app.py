@@ -29,6 +29,8 @@ from stockade.identity.bearer import BearerAuthenticator
 from stockade.identity.provider import Provider
 from stockade.identity.throttle import SignInThrottle
 from stockade.identity.tokens import TokenService
+from stockade.knowledge import routes as knowledge_routes
+from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime
 from stockade.tickets import routes as ticket_routes
 
@@ -39,7 +41,7 @@ class UndeclaredRouteError(RuntimeError):
     """A route declares no permission; deny by default means the app does not start."""
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime, *, knowledge: Knowledge | None = None) -> FastAPI:
     app = FastAPI(
         title="Stockade",
         version="0.1.0",
@@ -60,12 +62,14 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.provider = provider
     app.state.authenticator = BearerAuthenticator(tokens, provider.proofs)
     app.state.throttle = SignInThrottle(runtime.db.app, runtime.keystore)
+    app.state.knowledge = knowledge or Knowledge.from_runtime(runtime)
 
     app.include_router(oauth_routes.router)
     app.include_router(signin.router)
     app.include_router(account.router)
     app.include_router(members.router)
     app.include_router(ticket_routes.router)
+    app.include_router(knowledge_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(billing_routes.router)
     app.include_router(payment_routes.router)

@@ -1,0 +1,162 @@
+"""Hybrid retrieval from one tenant's namespace: vector similarity fused with text rank.
+
+Both halves read only the tenant's partition of ``document_chunks`` (its own HNSW and
+GIN indexes), inside a transaction scoped to the tenant, so the nearest neighbours of
+any query vector are always that tenant's own chunks and a small tenant gets its full
+``k``. The two rankings are fused by reciprocal rank (RRF), which needs no calibration
+between cosine similarity and ``ts_rank``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, text
+
+from stockade.keys.envelope import DataKeys
+from stockade.knowledge import store
+from stockade.knowledge.embedders import vector_literal
+from stockade.knowledge.lexemes import hashed_tsquery
+
+MAX_K = 50
+# How many candidates each half contributes before fusion.
+_CANDIDATES_PER_K = 4
+_MIN_CANDIDATES = 40
+# The usual RRF constant: damps the difference between the first few ranks.
+_RRF_K = 60
+
+_VECTOR_CANDIDATES = """
+select id, document_id, ordinal, key_version, body_sealed,
+       1 - (embedding <=> cast(:vector as vector)) as similarity
+from document_chunks
+where tenant_id = :tenant_id
+order by embedding <=> cast(:vector as vector)
+limit :limit
+"""
+
+_TEXT_CANDIDATES = """
+select id, document_id, ordinal, key_version, body_sealed,
+       ts_rank(lexemes, cast(:query as tsquery)) as rank
+from document_chunks
+where tenant_id = :tenant_id and lexemes @@ cast(:query as tsquery)
+order by rank desc, id
+limit :limit
+"""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved chunk. ``text`` is the redacted text that was indexed."""
+
+    document_id: uuid.UUID
+    chunk_id: uuid.UUID
+    ordinal: int
+    title: str
+    text: str
+    score: float
+    vector_score: float | None
+    text_score: float | None
+
+
+@dataclass
+class _Candidate:
+    row: Row[Any]
+    vector_rank: int | None = None
+    text_rank: int | None = None
+    similarity: float | None = None
+    text_score: float | None = None
+
+    def fused(self) -> float:
+        score = 0.0
+        for rank in (self.vector_rank, self.text_rank):
+            if rank is not None:
+                score += 1.0 / (_RRF_K + rank)
+        return score
+
+
+def search(
+    conn: Connection,
+    keys: DataKeys,
+    tenant_id: uuid.UUID,
+    *,
+    vector: Sequence[float],
+    query: str | None,
+    k: int,
+) -> list[Passage]:
+    """Return the tenant's best ``k`` chunks for ``vector`` and, if given, ``query``'s words.
+
+    ``conn`` is a transaction scoped to ``tenant_id``. Without ``query`` only the vector
+    ranking counts.
+    """
+    limit = max(_MIN_CANDIDATES, k * _CANDIDATES_PER_K)
+    # HNSW returns at most ef_search rows; ask for as many as the candidate list needs.
+    conn.execute(
+        text("select set_config('hnsw.ef_search', :ef, true)"), {"ef": str(min(limit, 1000))}
+    )
+    candidates: dict[uuid.UUID, _Candidate] = {}
+
+    rows = conn.execute(
+        text(_VECTOR_CANDIDATES),
+        {"vector": vector_literal(vector), "tenant_id": tenant_id, "limit": limit},
+    ).all()
+    for rank, row in enumerate(rows, start=1):
+        candidate = candidates.setdefault(row.id, _Candidate(row))
+        candidate.vector_rank, candidate.similarity = rank, float(row.similarity)
+
+    tsquery = hashed_tsquery(conn, keys.current(conn, tenant_id), query) if query else None
+    if tsquery is not None:
+        rows = conn.execute(
+            text(_TEXT_CANDIDATES), {"query": tsquery, "tenant_id": tenant_id, "limit": limit}
+        ).all()
+        for rank, row in enumerate(rows, start=1):
+            candidate = candidates.setdefault(row.id, _Candidate(row))
+            candidate.text_rank, candidate.text_score = rank, float(row.rank)
+
+    best = sorted(candidates.values(), key=lambda item: item.fused(), reverse=True)[:k]
+    return _passages(conn, keys, tenant_id, best)
+
+
+def _passages(
+    conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, best: list[_Candidate]
+) -> list[Passage]:
+    titles = _titles(conn, keys, tenant_id, {item.row.document_id for item in best})
+    passages = []
+    for item in best:
+        row = item.row
+        key = keys.version(conn, tenant_id, row.key_version)
+        passages.append(
+            Passage(
+                document_id=row.document_id,
+                chunk_id=row.id,
+                ordinal=row.ordinal,
+                title=titles.get(row.document_id, ""),
+                text=store.open_chunk(key, row.id, row.body_sealed),
+                score=round(item.fused(), 6),
+                vector_score=item.similarity,
+                text_score=item.text_score,
+            )
+        )
+    return passages
+
+
+def _titles(
+    conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, document_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    if not document_ids:
+        return {}
+    rows = conn.execute(
+        text(
+            "select id, key_version, title_sealed from documents"
+            " where tenant_id = :tenant_id and id = any(:ids)"
+        ),
+        {"tenant_id": tenant_id, "ids": list(document_ids)},
+    ).all()
+    return {
+        row.id: store.open_title(
+            keys.version(conn, tenant_id, row.key_version), row.id, row.title_sealed
+        )
+        for row in rows
+    }
