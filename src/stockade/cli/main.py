@@ -46,10 +46,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Role(enum.StrEnum):
-    """The processes ``serve`` runs: the API, the background worker, or both in one."""
+    """The processes ``serve`` runs: API and gateway, the gateway alone, the worker, or all."""
 
     ALL = "all"
     API = "api"
+    GATEWAY = "gateway"
     WORKER = "worker"
 
 
@@ -116,7 +117,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on", min=1, max=65535)] = 8000,
     role: Annotated[
-        Role, typer.Option(help="all: API and worker in one process; api or worker: one of them")
+        Role,
+        typer.Option(
+            help="all: API, gateway and worker in one process; api: API and gateway;"
+            " gateway: only the /v1 model gateway; worker: only the worker"
+        ),
     ] = Role.ALL,
     data_dir: DataDir = None,
 ) -> None:
@@ -153,7 +158,7 @@ def serve(
         ).start()
     try:
         uvicorn.run(
-            create_app(runtime, knowledge=knowledge),
+            create_app(runtime, knowledge=knowledge, gateway_only=role is Role.GATEWAY),
             host=host,
             port=port,
             log_config=None,
@@ -371,6 +376,14 @@ app.add_typer(payments.secrets_app, name="secrets")
 app.add_typer(payments.webhooks_app, name="webhooks")
 app.add_typer(payments.billing_app, name="billing")
 app.add_typer(payments.receipt_app, name="receipt")
+
+from stockade.cli import keys  # noqa: E402
+
+app.add_typer(keys.keys_app, name="keys")
+
+from stockade.cli import gateway  # noqa: E402
+
+app.add_typer(gateway.gateway_app, name="gateway")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, text
 
+from stockade.keys.local import KeyStoreError
 from stockade.keys.store import KeyStore, WrappedKey
 
 log = structlog.get_logger(__name__)
@@ -131,11 +132,20 @@ class DataKeys:
         )
 
 
-def rewrap_data_keys(owner: Engine, keystore: KeyStore) -> int:
-    """Re-wrap every data key not under the current wrapping key; return how many.
+@dataclass(frozen=True)
+class Rewrapped:
+    count: int
+    # Tenants whose data key did not unwrap (a damaged or moved row); left as they were.
+    failed: tuple[uuid.UUID, ...]
+
+
+def rewrap_data_keys(owner: Engine, keystore: KeyStore) -> Rewrapped:
+    """Re-wrap every data key not under the current wrapping key.
 
     Runs on the owner role, which sees every tenant's wrapped key (never an unwrapped
-    one: the database holds none). Each key is re-wrapped in its own short transaction.
+    one: the database holds none). Each key is re-wrapped in its own short transaction,
+    and a key that does not unwrap is reported and skipped, so one damaged row does not
+    hold back the rest.
     """
     current = keystore.current_wrapping_key_id()
     with owner.begin() as conn:
@@ -147,10 +157,15 @@ def rewrap_data_keys(owner: Engine, keystore: KeyStore) -> int:
             {"current": current},
         ).all()
 
+    failed: list[uuid.UUID] = []
     for tenant_id, version in stale:
-        _rewrap_one(owner, keystore, tenant_id, version)
-    log.info("data_keys_rewrapped", count=len(stale), wrapping_key_id=current)
-    return len(stale)
+        try:
+            _rewrap_one(owner, keystore, tenant_id, version)
+        except KeyStoreError:
+            failed.append(tenant_id)
+    result = Rewrapped(count=len(stale) - len(failed), failed=tuple(failed))
+    log.info("data_keys_rewrapped", count=result.count, failed=len(failed), wrapping_key_id=current)
+    return result
 
 
 def wrapping_keys_in_use(owner: Engine) -> set[str]:

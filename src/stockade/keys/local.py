@@ -169,6 +169,10 @@ class LocalKeyStore:
                 f"a data key wrapped by {wrapped.key_id!r} does not decrypt in this context"
             ) from None
 
+    def wrapping_key_ids(self) -> list[str]:
+        """Every wrapping key kept, the current one first."""
+        return [entry["id"] for entry in self._read().get("wrapping_keys", [])]
+
     def current_wrapping_key_id(self) -> str:
         return str(self._current_wrapping_entry()["id"])
 
