@@ -1,8 +1,8 @@
 """Embedders behind one interface: text in, unit vectors of ``DIMENSIONS`` floats out.
 
-- ``HashingEmbedder`` (the default): works offline with no model and no download. Words
-  and their character trigrams are hashed into signed buckets, so passages that share
-  words and word stems point the same way. It knows no synonyms.
+- ``HashingEmbedder`` (the default): works offline with no model and no download. Word
+  stems (Snowball) and character trigrams are hashed into signed buckets, so passages
+  that share words or word forms point the same way. It knows no synonyms.
 - ``OpenAIEmbedder``: any OpenAI-compatible ``/embeddings`` endpoint, asked for
   ``DIMENSIONS`` dimensions.
 - ``SentenceTransformerEmbedder``: a local sentence-transformers model, from the
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import httpx
+import snowballstemmer
 
 from stockade.config import Settings
 from stockade.keys.store import KeyStore
@@ -83,6 +85,7 @@ _STOPWORDS = frozenset(
     ]
 )
 _TRIGRAM_WEIGHT = 0.35
+_STEMMER = snowballstemmer.stemmer("english")
 
 
 class EmbedderError(RuntimeError):
@@ -175,7 +178,7 @@ def _features(text: str) -> dict[str, float]:
     for word in _WORD.findall(text.lower()):
         if word in _STOPWORDS or len(word) < 2:
             continue
-        counts["w:" + word] += 1
+        counts["w:" + _stem(word)] += 1
         padded = f"#{word}#"
         counts.update("t:" + padded[start : start + 3] for start in range(len(padded) - 2))
     # Sublinear counts: a word said ten times is not ten times as telling.
@@ -183,6 +186,13 @@ def _features(text: str) -> dict[str, float]:
         feature: (1.0 + math.log(count)) * (1.0 if feature[0] == "w" else _TRIGRAM_WEIGHT)
         for feature, count in counts.items()
     }
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stem(word: str) -> str:
+    # "refund", "refunds" and "refunded" become one feature.
+    stem: str = _STEMMER.stemWord(word)
+    return stem
 
 
 def _unit(vector: list[float]) -> list[float]:
