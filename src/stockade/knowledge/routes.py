@@ -102,7 +102,10 @@ async def create_document(
     if content_type == "multipart/form-data":
         upload = await _multipart_upload(request, limit)
     elif content_type == "application/json":
+        # JSON escapes can double the text's size on the wire; the text itself must fit.
         upload = _json_upload(await _capped_body(request, limit * 2 + 4096))
+        if len(upload.data) > limit:
+            raise DocumentTooLarge(f"the plan accepts documents up to {limit} bytes", limit=limit)
     else:
         raise Unprocessable("send application/json with title and text, or multipart/form-data")
     return await run_in_threadpool(knowledge.add, scope, upload, defer=defer_indexing)
