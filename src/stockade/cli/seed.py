@@ -7,11 +7,18 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
+from stockade.db import Scope
 from stockade.identity import admin
+from stockade.knowledge.demo import add_missing_demo_documents
+from stockade.knowledge.embedders import EmbedderError
+from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime
 
 DEMO_TENANTS = ("acme", "globex")
 DEMO_REDIRECT_URI = "http://127.0.0.1:8765/callback"
+# The tenant that gets the Northwind Outfitters handbook, added by its contributor.
+DEMO_DOCUMENTS_TENANT = "acme"
+DEMO_DOCUMENTS_AUTHOR = "contributor@acme.example"
 _TICKETS = {
     "acme": [
         ("Invoice PDF shows the wrong VAT rate", "open"),
@@ -34,6 +41,8 @@ def seed_demo(runtime: Runtime, say: Callable[[str], None]) -> bool:
             {"names": list(DEMO_TENANTS)},
         ).scalar_one()
     if seeded:
+        # A demo seeded before the handbook existed gets it now; a second run adds nothing.
+        _seed_documents(runtime, say)
         say("Demo data exists already; its passwords were printed when it was created.")
         say("Set a new one with: stockade user set-password EMAIL --password-stdin")
         return False
@@ -66,6 +75,7 @@ def seed_demo(runtime: Runtime, say: Callable[[str], None]) -> bool:
     client = admin.create_client(owner, "Demo app", [DEMO_REDIRECT_URI], public=True)
     say(f"Demo public OAuth client: client_id {client.client_id}, redirect URI {DEMO_REDIRECT_URI}")
     _seed_tickets(runtime)
+    _seed_documents(runtime, say)
     return True
 
 
@@ -80,3 +90,30 @@ def _seed_tickets(runtime: Runtime) -> None:
                     ),
                     {"title": title, "status": status, "tenant": tenant},
                 )
+
+
+def _seed_documents(runtime: Runtime, say: Callable[[str], None]) -> None:
+    with runtime.db.owner.begin() as conn:
+        author = conn.execute(
+            text(
+                "select m.tenant_id, m.user_id, array_agg(m.role order by m.role) as roles"
+                " from memberships m join tenants t on t.id = m.tenant_id"
+                " join users u on u.id = m.user_id"
+                " where t.name = :tenant and u.email = :email group by m.tenant_id, m.user_id"
+            ),
+            {"tenant": DEMO_DOCUMENTS_TENANT, "email": DEMO_DOCUMENTS_AUTHOR},
+        ).first()
+    if author is None:
+        say(f"No {DEMO_DOCUMENTS_AUTHOR} in {DEMO_DOCUMENTS_TENANT}; demo documents skipped.")
+        return
+    scope = Scope(tenant_id=author.tenant_id, roles=tuple(author.roles), user_id=author.user_id)
+    try:
+        added = add_missing_demo_documents(Knowledge.from_runtime(runtime), scope)
+    except EmbedderError as exc:
+        say(
+            f"Indexing a demo document failed: {exc}. Fix the embedder settings, delete the"
+            " failed document and run stockade demo again to add the rest."
+        )
+        return
+    if added:
+        say(f"Added {len(added)} demo documents to {DEMO_DOCUMENTS_TENANT}, indexed for search.")

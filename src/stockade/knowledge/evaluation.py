@@ -1,13 +1,13 @@
 """Measure how well retrieval ranks the passage that answers a labelled question.
 
-Each question names the demo document that answers it and a short phrase that the
-answering passage contains. A passage answers when it contains the phrase, compared
-without case and with runs of white space folded, so the labels stay valid when the
-chunking changes. Scores:
+Each question names the demo document that answers it and a short phrase from the
+passage that answers it. A passage matches a question when it contains the phrase,
+compared without case and with runs of white space folded, so the labels stay valid
+when the chunking changes. Scores:
 
-- recall@k: the share of questions answered by one of the first ``k`` passages;
-- MRR: the mean over questions of 1/rank of the first answering passage, counting 0
-  when none of the first ``depth`` passages answers (MRR@depth).
+- recall@k: the share of questions with a matching passage among the first ``k``;
+- MRR: the mean over questions of 1/rank of the first matching passage, counting 0
+  when none of the first ``DEPTH`` passages matches (MRR@10).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ Retriever = Callable[[str, int], list[Passage]]
 
 @dataclass(frozen=True)
 class Question:
-    """A labelled question. ``kind`` is "lexical" when it shares its key words with the
-    answer, "paraphrase" when it says the same thing in other words."""
+    """A labelled question. ``kind`` is "lexical" when the question shares its key words
+    with the matching passage, and "paraphrase" when it uses other words."""
 
     id: str
     question: str
@@ -46,7 +46,7 @@ class Question:
 @dataclass(frozen=True)
 class Outcome:
     question: Question
-    # The 1-based rank of the first answering passage, None when none in DEPTH answers.
+    # The 1-based rank of the first matching passage, or None when none of DEPTH matches.
     rank: int | None
 
 
@@ -59,7 +59,7 @@ class Summary:
 
 
 def load_questions(path: Path) -> list[Question]:
-    """Read one JSON object per line; raise ValueError naming the line of a bad one."""
+    """Read one JSON object per line. Raise ValueError naming the line of an invalid one."""
     questions = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -127,14 +127,14 @@ def vector_retriever(knowledge: Knowledge, scope: Scope) -> Retriever:
 
 
 def run(retrieve: Retriever, questions: Sequence[Question]) -> list[Outcome]:
-    """Ask every question and record where its first answering passage ranks."""
+    """Ask every question and record the rank of its first matching passage."""
     return [
-        Outcome(question, first_answer_rank(retrieve(question.question, DEPTH), question.phrase))
+        Outcome(question, first_match_rank(retrieve(question.question, DEPTH), question.phrase))
         for question in questions
     ]
 
 
-def first_answer_rank(passages: Sequence[Passage], phrase: str) -> int | None:
+def first_match_rank(passages: Sequence[Passage], phrase: str) -> int | None:
     folded = _folded(phrase)
     for rank, passage in enumerate(passages, start=1):
         if folded in _folded(passage.text):

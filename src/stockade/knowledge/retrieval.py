@@ -42,7 +42,7 @@ select id, document_id, ordinal, key_version, body_sealed,
        ts_rank(lexemes, cast(:query as tsquery)) as rank
 from document_chunks
 where tenant_id = :tenant_id and lexemes @@ cast(:query as tsquery)
-order by rank desc, id
+order by rank desc, document_id, ordinal
 limit :limit
 """
 

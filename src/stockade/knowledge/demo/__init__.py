@@ -1,7 +1,7 @@
 """The handbook of Northwind Outfitters, a made-up outdoor retailer, for the demo tenant.
 
 The documents are the Markdown files beside this module, shipped as package data. Their
-people, e-mail addresses (example.com) and phone numbers (555-01xx) are invented; the
+people, e-mail addresses (example.com) and phone numbers (555-01xx) are invented. The
 redactor replaces the addresses and numbers with placeholders when a document is added.
 """
 
@@ -66,9 +66,7 @@ def _titles(knowledge: Knowledge, scope: Scope) -> set[str]:
     assert scope.tenant_id is not None
     with scoped_transaction(knowledge.app, scope) as conn:
         count = store.count_documents(conn, scope.tenant_id)
-        documents = store.list_documents(
-            conn, knowledge.keys, scope.tenant_id, limit=max(count, 1)
-        )
+        documents = store.list_documents(conn, knowledge.keys, scope.tenant_id, limit=max(count, 1))
     return {document["title"] for document in documents}
 
 
