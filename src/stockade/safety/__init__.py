@@ -1,0 +1,5 @@
+"""Model safety: PII redaction into typed placeholders.
+
+``stockade.safety.redaction`` contains the public interface: ``Redactor``, ``Redacted`` and
+``restore``.
+"""
