@@ -22,6 +22,9 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/dpop.py
 	$(BIN)/python bench/reservations.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/redaction.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/gateway.py $(if $(LITELLM),--litellm $(LITELLM))
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -11,7 +11,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -293,6 +293,36 @@ def seed_member_rows(app_engine: Engine, member: Member, invitee: Member) -> Non
         )
 
 
+def seed_gateway(runtime: Runtime, member: Member) -> None:
+    """Store the tenant's gateway settings, a cached answer and a consented sample."""
+    from stockade.gateway import budget, cache, control
+    from stockade.gateway.config import load_gateway_config
+    from stockade.gateway.providers import Usage
+
+    config = load_gateway_config(None)
+    control.set_settings(
+        runtime.db.owner,
+        config,
+        member.tenant_id,
+        allowed_models=None,
+        sample_consent=True,
+        sample_percent=100,
+    )
+    messages = [{"role": "user", "content": "secret question"}]
+    entry = cache.Entry(
+        key=cache.cache_key(member.tenant_id, "stockade-extractive", False, messages),
+        model="stockade-extractive",
+        content="secret answer",
+        finish_reason="stop",
+        usage=Usage(2, 2),
+        citations=(),
+        ttl=timedelta(hours=1),
+    )
+    with scoped_transaction(runtime.db.app, full_scope(member)) as conn:
+        cache.store(conn, member.tenant_id, entry)
+        budget.store_sample(conn, member.tenant_id, entry.model, messages, entry.content)
+
+
 @pytest.fixture
 def pair(factory: Factory, runtime: Runtime, knowledge: Knowledge) -> SeededPair:
     client_id = factory.client(REDIRECT_URI).client_id
@@ -304,6 +334,7 @@ def pair(factory: Factory, runtime: Runtime, knowledge: Knowledge) -> SeededPair
         seed_usage(runtime.db.app, member)
         seed_billing(runtime, member)
         add_indexed(knowledge, member, "handbook", "Refunds take five days. Write to help.")
+        seed_gateway(runtime, member)
         invitee = factory.member((member.tenant_id, member.tenant), roles=("viewer",))
         seed_member_rows(runtime.db.app, member, invitee)
     return SeededPair(a, b, factory.ticket(a, "ticket of a"), factory.ticket(b, "ticket of b"))

@@ -43,6 +43,9 @@ class Settings:
     embedder: str = "hashing"
     embeddings_url: str | None = None
     embeddings_model: str = ""
+    # The model gateway's upstreams, models and aliases (TOML); without one the gateway
+    # offers only its offline extractive model. See stockade.gateway.config.
+    gateway_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.access_token_minutes <= MAX_ACCESS_TOKEN_MINUTES:
@@ -128,6 +131,7 @@ def load_settings(
         embedder=env.get("STOCKADE_EMBEDDER") or Settings.embedder,
         embeddings_url=(env.get("STOCKADE_EMBEDDINGS_URL") or "").rstrip("/") or None,
         embeddings_model=env.get("STOCKADE_EMBEDDINGS_MODEL") or "",
+        gateway_file=Path(gateway) if (gateway := env.get("STOCKADE_GATEWAY_FILE")) else None,
         stripe_api_base=(env.get("STOCKADE_STRIPE_API_BASE") or Settings.stripe_api_base).rstrip(
             "/"
         ),

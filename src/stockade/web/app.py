@@ -23,6 +23,10 @@ from stockade.billing import payment_routes, webhooks
 from stockade.billing import routes as billing_routes
 from stockade.billing.entitlements import check_seat_available
 from stockade.errors import BadInput, OAuthError, Problem, Unprocessable
+from stockade.gateway import errors as gateway_errors
+from stockade.gateway import routes as gateway_routes
+from stockade.gateway.config import load_gateway_config
+from stockade.gateway.service import Gateway
 from stockade.identity import account, members, signin
 from stockade.identity import routes as oauth_routes
 from stockade.identity.bearer import BearerAuthenticator
@@ -41,7 +45,10 @@ class UndeclaredRouteError(RuntimeError):
     """A route declares no permission; deny by default means the app does not start."""
 
 
-def create_app(runtime: Runtime, *, knowledge: Knowledge | None = None) -> FastAPI:
+def create_app(
+    runtime: Runtime, *, knowledge: Knowledge | None = None, gateway_only: bool = False
+) -> FastAPI:
+    """Build the app; ``gateway_only`` serves only ``/v1`` and the meta routes."""
     app = FastAPI(
         title="Stockade",
         version="0.1.0",
@@ -63,7 +70,25 @@ def create_app(runtime: Runtime, *, knowledge: Knowledge | None = None) -> FastA
     app.state.authenticator = BearerAuthenticator(tokens, provider.proofs)
     app.state.throttle = SignInThrottle(runtime.db.app, runtime.keystore)
     app.state.knowledge = knowledge or Knowledge.from_runtime(runtime)
+    app.state.gateway = Gateway(
+        load_gateway_config(runtime.settings.gateway_file),
+        runtime.keystore,
+        runtime.db.app,
+        runtime.plans,
+        runtime.policy,
+    )
 
+    app.include_router(gateway_routes.router)
+    if not gateway_only:
+        _add_api_routes(app)
+    _add_meta_routes(app)
+    _add_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware)
+    check_routes(app, runtime.policy)
+    return app
+
+
+def _add_api_routes(app: FastAPI) -> None:
     app.include_router(oauth_routes.router)
     app.include_router(signin.router)
     app.include_router(account.router)
@@ -74,11 +99,6 @@ def create_app(runtime: Runtime, *, knowledge: Knowledge | None = None) -> FastA
     app.include_router(billing_routes.router)
     app.include_router(payment_routes.router)
     app.include_router(webhooks.router)
-    _add_meta_routes(app)
-    _add_error_handlers(app)
-    app.add_middleware(RequestLogMiddleware)
-    check_routes(app, runtime.policy)
-    return app
 
 
 def api_routes(routes: list[Any]) -> list[APIRoute]:
@@ -150,6 +170,8 @@ def _problem_response(request: Request, problem: Problem) -> JSONResponse:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> JSONResponse:
+        if gateway_errors.is_gateway_path(request.url.path):
+            return gateway_errors.openai_error_response(exc)
         if _is_oauth(request) and exc.status == 401:
             error = getattr(exc, "error", "") or "invalid_token"
             return JSONResponse(
@@ -170,12 +192,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         # NUL character: bad input, not a server fault.
         log.info("unstorable_input", path=request.url.path, error=type(exc.orig).__name__)
         description = "the request contains a value that cannot be stored, e.g. a NUL character"
+        if gateway_errors.is_gateway_path(request.url.path):
+            return gateway_errors.openai_error_response(BadInput(description))
         if _is_oauth(request):
             return await on_oauth_error(request, OAuthError("invalid_request", description))
         return _problem_response(request, BadInput(description))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if gateway_errors.is_gateway_path(request.url.path):
+            return gateway_errors.openai_validation_response(list(exc.errors()))
         if _is_oauth(request):
             return await on_oauth_error(request, OAuthError("invalid_request", "malformed request"))
         errors = [
@@ -194,10 +220,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         problem.status = exc.status_code
         problem.code = "http-error"
         problem.title = str(exc.detail)
+        if gateway_errors.is_gateway_path(request.url.path):
+            return gateway_errors.openai_error_response(problem)
         return _problem_response(request, problem)
 
 
 def _internal_error(path: str) -> JSONResponse:
+    if gateway_errors.is_gateway_path(path):
+        return gateway_errors.openai_internal_error()
     if path.startswith("/oauth/"):
         body = {"error": "server_error", "error_description": "internal error"}
         return JSONResponse(body, status_code=500)

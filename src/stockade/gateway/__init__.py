@@ -1,0 +1,1 @@
+"""The OpenAI-compatible model gateway: budgets, providers, fallback, cache, redaction."""

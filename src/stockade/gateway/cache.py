@@ -1,0 +1,109 @@
+"""The tenant-scoped answer cache that serves calls while every provider is down.
+
+The key is SHA-256 over the tenant id, the public model name, whether retrieval was on,
+and the redacted messages with whitespace collapsed. Rows also carry ``tenant_id``
+under RLS, and ``lookup`` filters by it, so one tenant's entry never answers another
+tenant's request. Answers are stored redacted: two prompts that differ only in, say,
+an e-mail address share an entry, and each caller's own values are restored into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from stockade.gateway.providers import Usage
+
+# One store in this many also deletes the tenant's expired entries.
+_PURGE_ONE_IN = 50
+
+_LOOKUP = text(
+    "select model, answer from gateway_cache"
+    " where tenant_id = :tenant and cache_key = :key and expires_at > now()"
+)
+_STORE = text(
+    "insert into gateway_cache (tenant_id, cache_key, model, answer, expires_at)"
+    " values (:tenant, :key, :model, cast(:answer as jsonb), now() + :ttl)"
+    " on conflict (tenant_id, cache_key) do update"
+    " set model = excluded.model, answer = excluded.answer,"
+    " created_at = now(), expires_at = excluded.expires_at"
+)
+_PURGE = text("delete from gateway_cache where tenant_id = :tenant and expires_at <= now()")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored answer, its placeholders not restored."""
+
+    key: bytes
+    model: str
+    content: str
+    finish_reason: str
+    usage: Usage
+    citations: tuple[Mapping[str, Any], ...]
+    ttl: timedelta
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "content": self.content,
+                "finish_reason": self.finish_reason,
+                "usage": self.usage.as_json(),
+                "citations": [dict(citation) for citation in self.citations],
+            }
+        )
+
+
+def cache_key(
+    tenant_id: uuid.UUID, model: str, retrieve: bool, messages: Sequence[Mapping[str, str]]
+) -> bytes:
+    normalized = [
+        [message["role"], " ".join(message.get("content", "").split())] for message in messages
+    ]
+    document = json.dumps(
+        [str(tenant_id), model, retrieve, normalized], separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(document.encode("utf-8")).digest()
+
+
+def lookup(conn: Connection, tenant_id: uuid.UUID, key: bytes) -> Entry | None:
+    row = conn.execute(_LOOKUP, {"tenant": tenant_id, "key": key}).first()
+    if row is None:
+        return None
+    model, answer = row
+    usage = answer.get("usage") or {}
+    return Entry(
+        key=key,
+        model=str(model),
+        content=str(answer["content"]),
+        finish_reason=str(answer.get("finish_reason") or "stop"),
+        usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
+        citations=tuple(answer.get("citations") or ()),
+        ttl=timedelta(0),
+    )
+
+
+def store(conn: Connection, tenant_id: uuid.UUID, entry: Entry) -> None:
+    if entry.ttl <= timedelta(0):
+        return
+    conn.execute(
+        _STORE,
+        {
+            "tenant": tenant_id,
+            "key": entry.key,
+            "model": entry.model,
+            "answer": entry.as_json(),
+            "ttl": entry.ttl,
+        },
+    )
+    # Not a secret: the draw only spreads the purge over calls.
+    if random.randrange(_PURGE_ONE_IN) == 0:  # noqa: S311
+        conn.execute(_PURGE, {"tenant": tenant_id})
