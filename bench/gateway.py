@@ -503,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime.db.app,
             runtime.plans,
             runtime.policy,
+            app.state.knowledge.keys,
         )
         app.state.gateway = gateway
         seeded = seed(runtime)

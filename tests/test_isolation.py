@@ -293,7 +293,7 @@ def seed_member_rows(app_engine: Engine, member: Member, invitee: Member) -> Non
         )
 
 
-def seed_gateway(runtime: Runtime, member: Member) -> None:
+def seed_gateway(runtime: Runtime, knowledge: Knowledge, member: Member) -> None:
     """Store the tenant's gateway settings, a cached answer and a consented sample."""
     from stockade.gateway import budget, cache, control
     from stockade.gateway.config import load_gateway_config
@@ -319,8 +319,10 @@ def seed_gateway(runtime: Runtime, member: Member) -> None:
         ttl=timedelta(hours=1),
     )
     with scoped_transaction(runtime.db.app, full_scope(member)) as conn:
-        cache.store(conn, member.tenant_id, entry)
-        budget.store_sample(conn, member.tenant_id, entry.model, messages, entry.content)
+        cache.store(conn, knowledge.keys, member.tenant_id, entry)
+        budget.store_sample(
+            conn, knowledge.keys, member.tenant_id, entry.model, messages, entry.content
+        )
 
 
 @pytest.fixture
@@ -334,7 +336,7 @@ def pair(factory: Factory, runtime: Runtime, knowledge: Knowledge) -> SeededPair
         seed_usage(runtime.db.app, member)
         seed_billing(runtime, member)
         add_indexed(knowledge, member, "handbook", "Refunds take five days. Write to help.")
-        seed_gateway(runtime, member)
+        seed_gateway(runtime, knowledge, member)
         invitee = factory.member((member.tenant_id, member.tenant), roles=("viewer",))
         seed_member_rows(runtime.db.app, member, invitee)
     return SeededPair(a, b, factory.ticket(a, "ticket of a"), factory.ticket(b, "ticket of b"))

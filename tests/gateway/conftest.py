@@ -104,7 +104,14 @@ def install_gateway(app: FastAPI, runtime: Runtime) -> Iterator[Callable[[Gatewa
     installed: list[Gateway] = []
 
     def install(config: GatewayConfig) -> Gateway:
-        gateway = Gateway(config, runtime.keystore, runtime.db.app, runtime.plans, runtime.policy)
+        gateway = Gateway(
+            config,
+            runtime.keystore,
+            runtime.db.app,
+            runtime.plans,
+            runtime.policy,
+            app.state.knowledge.keys,
+        )
         app.state.gateway = gateway
         installed.append(gateway)
         return gateway

@@ -190,6 +190,7 @@ def test_unreachable_ledger_fails_closed(
         unreachable,
         runtime.plans,
         runtime.policy,
+        app.state.knowledge.keys,
     )
 
     with TestClient(app, raise_server_exceptions=False) as probe:

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
+from stockade.db import Scope, scoped_transaction
 from stockade.gateway import control
 from stockade.gateway.service import Gateway
 from stockade.runtime import Runtime
@@ -136,3 +138,21 @@ def test_streamed_answer_from_cache(
     assert response.headers["Stockade-Fallback"] == "cache"
     assert response.text.rstrip().endswith("data: [DONE]")
     assert ECHO_PREFIX.strip() in response.text
+
+
+def test_cached_answers_are_sealed_at_rest(
+    client: TestClient,
+    runtime: Runtime,
+    gateway: Gateway,
+    upstream: MockUpstream,
+    make_caller: Callable[..., Caller],
+) -> None:
+    caller = make_caller()
+    assert _ask(client, caller, "which lighthouse keeps the logbook?").status_code == 200
+
+    # The cache has no operator policy: read it in the tenant's scope, but raw.
+    scope = Scope(tenant_id=caller.tenant_id, roles=("viewer",))
+    with scoped_transaction(runtime.db.app, scope) as conn:
+        rows = conn.execute(text("select t::text from gateway_cache as t")).scalars().all()
+    assert len(rows) == 1
+    assert "lighthouse" not in rows[0] and ECHO_PREFIX.strip() not in rows[0]

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from stockade.audit.logs import configure_logging
 from stockade.db import Scope, scoped_transaction
-from stockade.gateway import control
+from stockade.gateway import budget, control
 from stockade.gateway.config import parse_gateway_config
 from stockade.gateway.service import Gateway
 from stockade.runtime import Runtime
@@ -302,13 +302,17 @@ def test_sampling_only_with_consent(
         )
         assert response.status_code == 200
 
-    samples = []
+    samples = {}
     for caller in (consenting, silent):
         auditor = Scope(tenant_id=caller.tenant_id, roles=("auditor",))
         with scoped_transaction(runtime.db.app, auditor) as conn:
-            samples += conn.execute(
-                text("select tenant_id, prompt, output from gateway_samples")
-            ).all()
-    assert [row.tenant_id for row in samples] == [consenting.tenant_id]
-    assert samples[0].prompt == [{"role": "user", "content": "write to <EMAIL_1>"}]
-    assert "jane@example.com" not in samples[0].output
+            samples[caller.tenant_id] = budget.read_samples(conn, gateway.keys, caller.tenant_id)
+    assert samples[silent.tenant_id] == []
+    [sample] = samples[consenting.tenant_id]
+    assert sample.prompt == [{"role": "user", "content": "write to <EMAIL_1>"}]
+    assert "jane@example.com" not in sample.output
+    auditor = Scope(tenant_id=consenting.tenant_id, roles=("auditor",))
+    with scoped_transaction(runtime.db.app, auditor) as conn:
+        stored = conn.execute(text("select t::text from gateway_samples as t")).scalars().all()
+    assert len(stored) == 1
+    assert "EMAIL_1" not in stored[0] and "write to" not in stored[0]

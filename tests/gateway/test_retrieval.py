@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -196,17 +195,21 @@ def test_failed_retrieval_is_503_and_released(
     app: FastAPI,
     runtime: Runtime,
     gateway: Gateway,
-    monkeypatch: pytest.MonkeyPatch,
     make_caller: Callable[..., Caller],
 ) -> None:
     caller = _contributor(make_caller)
-    monkeypatch.setattr(app.state, "knowledge", _BrokenKnowledge())
-
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("where is the fire drill?", model="stockade-rag"),
-        headers=caller.headers,
-    )
+    # Not monkeypatch: pytest 9.2 restores an attribute only if it is in the instance
+    # __dict__, and Starlette's State keeps its attributes elsewhere.
+    working = app.state.knowledge
+    app.state.knowledge = _BrokenKnowledge()
+    try:
+        response = client.post(
+            "/v1/chat/completions",
+            json=chat_body("where is the fire drill?", model="stockade-rag"),
+            headers=caller.headers,
+        )
+    finally:
+        app.state.knowledge = working
 
     assert response.status_code == 503
     assert "retrieval" in response.json()["error"]["message"]

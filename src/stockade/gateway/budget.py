@@ -33,6 +33,7 @@ from stockade.db import Scope, scoped_transaction
 from stockade.db.scope import execute_on_driver
 from stockade.gateway import cache
 from stockade.gateway.errors import LedgerUnavailable
+from stockade.keys.envelope import DataKeys
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +48,14 @@ _TENANT_STATE = text(
 # calls stay reserved until the ledger's TTL and are never settled, so they go
 # unbilled. The admission, which enforces the cap, still commits durably.
 _ASYNC_COMMIT = "select set_config('synchronous_commit', 'off', true)"
+_SAMPLES = "gateway_samples"
 _INSERT_SAMPLE = text(
-    "insert into gateway_samples (tenant_id, trace_id, model, prompt, output)"
-    " values (:tenant, :trace, :model, cast(:prompt as jsonb), :output)"
+    "insert into gateway_samples (id, tenant_id, trace_id, model, key_version, sample_sealed)"
+    " values (:id, :tenant, :trace, :model, :version, :sealed)"
+)
+_READ_SAMPLES = text(
+    "select id, occurred_at, trace_id, model, key_version, sample_sealed from gateway_samples"
+    " where tenant_id = :tenant order by occurred_at, id limit :limit"
 )
 
 
@@ -158,7 +164,9 @@ def admit(
     return Admission(state, calls, tokens)
 
 
-def settle_call(engine: Engine, scope: Scope, admission: Admission, outcome: Outcome) -> None:
+def settle_call(
+    engine: Engine, keys: DataKeys, scope: Scope, admission: Admission, outcome: Outcome
+) -> None:
     """Settle one call and the tokens used, store the answer and sample, audit ``llm:invoked``.
 
     The answer has already gone to the caller, so a failure here is logged, not raised:
@@ -172,9 +180,9 @@ def settle_call(engine: Engine, scope: Scope, admission: Admission, outcome: Out
             settle(conn, admission.calls, 1, data=ledger_data)
             settle(conn, admission.tokens, outcome.tokens_used, data=ledger_data)
             if outcome.cache_entry is not None:
-                cache.store(conn, tenant_id, outcome.cache_entry)
+                cache.store(conn, keys, tenant_id, outcome.cache_entry)
             if outcome.sample is not None:
-                store_sample(conn, tenant_id, outcome.model, *outcome.sample)
+                store_sample(conn, keys, tenant_id, outcome.model, *outcome.sample)
             record_event(
                 conn,
                 tenant_id=tenant_id,
@@ -212,27 +220,56 @@ def fail_call(engine: Engine, scope: Scope, admission: Admission, model: str, re
         log.error("gateway_release_failed", error=type(exc).__name__, model=model)
 
 
-def cached_answer(engine: Engine, scope: Scope, key: bytes) -> cache.Entry | None:
+def cached_answer(engine: Engine, keys: DataKeys, scope: Scope, key: bytes) -> cache.Entry | None:
     assert scope.tenant_id is not None
     with ledger_reachable(), scoped_transaction(engine, scope) as conn:
-        return cache.lookup(conn, scope.tenant_id, key)
+        return cache.lookup(conn, keys, scope.tenant_id, key)
 
 
 def store_sample(
     conn: Connection,
+    keys: DataKeys,
     tenant_id: uuid.UUID,
     model: str,
     prompt: Sequence[Mapping[str, str]],
     output: str,
 ) -> None:
     bound = structlog.contextvars.get_contextvars()
+    sample_id = uuid.uuid4()
+    data_key = keys.current(conn, tenant_id)
+    document = json.dumps({"prompt": [dict(message) for message in prompt], "output": output})
     conn.execute(
         _INSERT_SAMPLE,
         {
+            "id": sample_id,
             "tenant": tenant_id,
             "trace": bound.get("trace_id"),
             "model": model,
-            "prompt": json.dumps([dict(message) for message in prompt]),
-            "output": output,
+            "version": data_key.version,
+            "sealed": data_key.seal(
+                document.encode(), table=_SAMPLES, column="sample", row_id=sample_id
+            ),
         },
     )
+
+
+@dataclass(frozen=True)
+class Sample:
+    trace_id: str | None
+    model: str
+    prompt: list[dict[str, str]]
+    output: str
+
+
+def read_samples(
+    conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, *, limit: int = 100
+) -> list[Sample]:
+    """The tenant's sampled prompts and outputs, oldest first; needs ``audit:read``."""
+    samples = []
+    for row in conn.execute(_READ_SAMPLES, {"tenant": tenant_id, "limit": limit}):
+        data_key = keys.version(conn, tenant_id, row.key_version)
+        document = json.loads(
+            data_key.open(bytes(row.sample_sealed), table=_SAMPLES, column="sample", row_id=row.id)
+        )
+        samples.append(Sample(row.trace_id, row.model, document["prompt"], document["output"]))
+    return samples

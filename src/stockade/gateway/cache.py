@@ -5,6 +5,8 @@ and the redacted messages with whitespace collapsed. Rows also carry ``tenant_id
 under RLS, and ``lookup`` filters by it, so one tenant's entry never answers another
 tenant's request. Answers are stored redacted: two prompts that differ only in, say,
 an e-mail address share an entry, and each caller's own values are restored into it.
+Each answer is sealed under the tenant's data key, bound to the tenant and the cache
+key, so a copy of the table does not give away what the models said.
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from stockade.gateway.providers import Usage
+from stockade.keys.envelope import DataKeys
 
 # One store in this many also deletes the tenant's expired entries.
 _PURGE_ONE_IN = 50
 
+_TABLE = "gateway_cache"
 _LOOKUP = text(
-    "select model, answer from gateway_cache"
+    "select model, key_version, answer_sealed from gateway_cache"
     " where tenant_id = :tenant and cache_key = :key and expires_at > now()"
 )
 _STORE = text(
-    "insert into gateway_cache (tenant_id, cache_key, model, answer, expires_at)"
-    " values (:tenant, :key, :model, cast(:answer as jsonb), now() + :ttl)"
+    "insert into gateway_cache (tenant_id, cache_key, model, key_version, answer_sealed,"
+    " expires_at) values (:tenant, :key, :model, :version, :answer, now() + :ttl)"
     " on conflict (tenant_id, cache_key) do update"
-    " set model = excluded.model, answer = excluded.answer,"
+    " set model = excluded.model, key_version = excluded.key_version,"
+    " answer_sealed = excluded.answer_sealed,"
     " created_at = now(), expires_at = excluded.expires_at"
 )
 _PURGE = text("delete from gateway_cache where tenant_id = :tenant and expires_at <= now()")
@@ -74,11 +79,13 @@ def cache_key(
     return hashlib.sha256(document.encode("utf-8")).digest()
 
 
-def lookup(conn: Connection, tenant_id: uuid.UUID, key: bytes) -> Entry | None:
+def lookup(conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, key: bytes) -> Entry | None:
     row = conn.execute(_LOOKUP, {"tenant": tenant_id, "key": key}).first()
     if row is None:
         return None
-    model, answer = row
+    model, version, sealed = row
+    data_key = keys.version(conn, tenant_id, version)
+    answer = json.loads(data_key.open(bytes(sealed), table=_TABLE, column="answer", row_id=key))
     usage = answer.get("usage") or {}
     return Entry(
         key=key,
@@ -91,16 +98,21 @@ def lookup(conn: Connection, tenant_id: uuid.UUID, key: bytes) -> Entry | None:
     )
 
 
-def store(conn: Connection, tenant_id: uuid.UUID, entry: Entry) -> None:
+def store(conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, entry: Entry) -> None:
     if entry.ttl <= timedelta(0):
         return
+    data_key = keys.current(conn, tenant_id)
+    sealed = data_key.seal(
+        entry.as_json().encode(), table=_TABLE, column="answer", row_id=entry.key
+    )
     conn.execute(
         _STORE,
         {
             "tenant": tenant_id,
             "key": entry.key,
             "model": entry.model,
-            "answer": entry.as_json(),
+            "version": data_key.version,
+            "answer": sealed,
             "ttl": entry.ttl,
         },
     )

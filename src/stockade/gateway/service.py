@@ -59,6 +59,7 @@ from stockade.gateway.providers import (
 from stockade.gateway.schemas import ChatCompletionRequest, EmbeddingRequest
 from stockade.gateway.upstream import OpenAIUpstream
 from stockade.keys import KeyStore
+from stockade.keys.envelope import DataKeys
 from stockade.safety.redaction import Redactor
 
 log = structlog.get_logger(__name__)
@@ -104,9 +105,12 @@ class Gateway:
         engine: Engine,
         plans: PlanCatalog,
         policy: Policy,
+        keys: DataKeys,
     ) -> None:
         self.config = config
         self.engine = engine
+        # Tenants' data keys, which seal cached answers and samples.
+        self.keys = keys
         self.plans = plans
         self.policy = policy
         self.redactor = Redactor()
@@ -311,7 +315,9 @@ class Gateway:
         self, ctx: CallContext, model: ModelConfig, key: bytes, failures: list[str]
     ) -> cache.Entry:
         log.warning("gateway_providers_failed", model=model.name, failures=failures)
-        entry = await run_in_threadpool(budget.cached_answer, self.engine, ctx.record_scope(), key)
+        entry = await run_in_threadpool(
+            budget.cached_answer, self.engine, self.keys, ctx.record_scope(), key
+        )
         if entry is None:
             raise UpstreamUnavailable(
                 f"every provider for the model {model.name!r} failed or is paused, and no"
@@ -392,6 +398,7 @@ class Gateway:
             run_in_threadpool,
             budget.settle_call,
             self.engine,
+            self.keys,
             ctx.record_scope(),
             admission,
             outcome,

@@ -197,7 +197,12 @@ async def _events(
                     request.model, opened.provider, opened.fallback, outcome.tokens_used, started
                 )
                 await run_in_threadpool(
-                    budget.settle_call, gateway.engine, ctx.record_scope(), admission, outcome
+                    budget.settle_call,
+                    gateway.engine,
+                    gateway.keys,
+                    ctx.record_scope(),
+                    admission,
+                    outcome,
                 )
 
 

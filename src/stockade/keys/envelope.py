@@ -33,6 +33,10 @@ _SEAL_PREFIX = b"stockade-seal-v1"
 _WRAP_PREFIX = b"stockade-data-key-v1"
 
 
+# A row's identity in associated data: its uuid, or the bytes of another unique key.
+RowId = uuid.UUID | bytes
+
+
 class SealError(ValueError):
     """A sealed value did not open: wrong tenant, row or column, or it was altered."""
 
@@ -45,12 +49,12 @@ class DataKey:
     version: int
     _key: bytes = field(repr=False)
 
-    def seal(self, plaintext: bytes, *, table: str, column: str, row_id: uuid.UUID) -> bytes:
+    def seal(self, plaintext: bytes, *, table: str, column: str, row_id: RowId) -> bytes:
         nonce = secrets.token_bytes(_NONCE_BYTES)
         aad = self._associated(table, column, row_id)
         return nonce + AESGCM(self._key).encrypt(nonce, plaintext, aad)
 
-    def open(self, sealed: bytes, *, table: str, column: str, row_id: uuid.UUID) -> bytes:
+    def open(self, sealed: bytes, *, table: str, column: str, row_id: RowId) -> bytes:
         aad = self._associated(table, column, row_id)
         try:
             return AESGCM(self._key).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
@@ -65,10 +69,9 @@ class DataKey:
             self._key, b"stockade-derive-v1|" + purpose.encode(), hashlib.sha256
         ).digest()
 
-    def _associated(self, table: str, column: str, row_id: uuid.UUID) -> bytes:
-        return b"|".join(
-            (_SEAL_PREFIX, self.tenant_id.bytes, table.encode(), column.encode(), row_id.bytes)
-        )
+    def _associated(self, table: str, column: str, row_id: RowId) -> bytes:
+        row = row_id.bytes if isinstance(row_id, uuid.UUID) else row_id
+        return b"|".join((_SEAL_PREFIX, self.tenant_id.bytes, table.encode(), column.encode(), row))
 
 
 class DataKeys:

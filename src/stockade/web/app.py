@@ -76,6 +76,7 @@ def create_app(
         runtime.db.app,
         runtime.plans,
         runtime.policy,
+        app.state.knowledge.keys,
     )
 
     app.include_router(gateway_routes.router)

@@ -37,7 +37,9 @@ create table gateway_cache (
     tenant_id uuid not null references tenants (id) on delete cascade,
     cache_key bytea not null check (length(cache_key) = 32),
     model text not null,
-    answer jsonb not null check (jsonb_typeof(answer) = 'object'),
+    -- The answer as JSON, sealed under the tenant's data key (keys/envelope.py).
+    key_version integer not null,
+    answer_sealed bytea not null,
     created_at timestamptz not null default now(),
     expires_at timestamptz not null,
     primary key (tenant_id, cache_key)
@@ -53,13 +55,14 @@ create policy tenant_scope on gateway_cache
 # Redacted prompts and outputs of tenants that consented, readable with audit:read.
 _SAMPLES = """
 create table gateway_samples (
-    id bigint generated always as identity primary key,
+    id uuid primary key,
     tenant_id uuid not null references tenants (id) on delete cascade,
     occurred_at timestamptz not null default now(),
     trace_id text,
     model text not null,
-    prompt jsonb not null check (jsonb_typeof(prompt) = 'array'),
-    output text not null
+    -- {"prompt": [...], "output": "..."} sealed under the tenant's data key.
+    key_version integer not null,
+    sample_sealed bytea not null
 );
 create index gateway_samples_tenant on gateway_samples (tenant_id, occurred_at);
 alter table gateway_samples enable row level security;
