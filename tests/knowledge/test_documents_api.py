@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from stockade.billing.plans import set_plan
+from stockade.knowledge.embedders import HashingEmbedder
+from stockade.knowledge.service import Knowledge, Upload
 from stockade.runtime import Runtime
 from tests.conftest import Factory, Member, bearer
+from tests.knowledge.conftest import _no_job
 from tests.knowledge.samples import minimal_pdf
 
 HANDBOOK = (
@@ -233,3 +237,59 @@ def test_search_rejects_bad_parameters(client: TestClient, factory: Factory) -> 
         response = client.get("/api/v1/search", params=params, headers=headers)
         assert response.status_code in (400, 422), (params, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_escaped_json_text_is_judged_by_its_own_size(
+    client: TestClient, factory: Factory, runtime: Runtime
+) -> None:
+    headers = _headers(factory, factory.member(roles=("contributor",)))
+    limit = runtime.plans.by_name("free").document_bytes
+    # Each "é" is two bytes of text and six ("\u00e9") on the wire.
+    text = "é" * (limit // 2 - 10)
+    body = json.dumps({"title": "accents", "text": text}).encode()
+    assert len(body) > 2 * limit
+
+    response = client.post(
+        "/api/v1/documents",
+        content=body,
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/api/v1/documents/{response.json()['id']}"
+
+
+def test_delete_while_indexing_stops_quietly(
+    runtime: Runtime, factory: Factory, knowledge: Knowledge
+) -> None:
+    member = factory.member(roles=("contributor",))
+    created = knowledge.add(
+        member.scope(),
+        Upload("long", ("\n\n".join([HANDBOOK] * 300)).encode(), "text/plain"),
+        defer=_no_job,
+    )
+
+    class DeletingEmbedder(HashingEmbedder):
+        """Deletes the document while its second batch is being embedded."""
+
+        calls = 0
+
+        def embed(self, texts: Sequence[str]) -> list[list[float]]:
+            self.calls += 1
+            if self.calls == 2:
+                with runtime.db.owner.begin() as conn:
+                    conn.execute(text("delete from documents where id = :d"), {"d": created["id"]})
+            return super().embed(texts)
+
+    embedder = DeletingEmbedder()
+    indexer = Knowledge(
+        knowledge.app, knowledge.catalog, knowledge.keys, embedder, knowledge.redactor
+    )
+    indexer.index(member.tenant_id, created["id"], list(member.roles))
+    assert embedder.calls == 2  # it stopped after the batch whose document was gone
+
+    with runtime.db.owner.begin() as conn:
+        left = conn.execute(
+            text("select count(*) from document_chunks where document_id = :d"),
+            {"d": created["id"]},
+        ).scalar_one()
+    assert left == 0

@@ -199,3 +199,40 @@ def _insert_random_chunks(runtime: Runtime, member: Member, count: int, *, centr
                 "count": count,
             },
         )
+
+
+def test_deleted_neighbours_do_not_shrink_results(
+    runtime: Runtime, factory: Factory, knowledge: Knowledge
+) -> None:
+    member = factory.member(factory.tenant("ns-dead"), roles=("contributor",))
+    for number in range(5):
+        add_indexed(knowledge, member, f"kept {number}", f"Kept note {number} on shelf {number}.")
+    partition = _partition(runtime, member.tenant_id)
+    with runtime.db.owner.begin() as conn:
+        # Vacuum would clean the index up; keep the dead entries in it for this test.
+        conn.execute(text(f'alter table "{partition}" set (autovacuum_enabled = false)'))
+    # Rows nearer the query than every kept chunk, then deleted: their index entries stay.
+    _insert_random_chunks(runtime, member, 2000, centre=1.0)
+    with runtime.db.owner.begin() as conn:
+        # Statistics from before the delete, as between two autovacuum runs: the
+        # planner picks the HNSW index.
+        conn.execute(text(f'analyze "{partition}"'))
+    with runtime.db.owner.begin() as conn:
+        conn.execute(
+            text("delete from documents where tenant_id = :t and byte_size = 0"),
+            {"t": member.tenant_id},
+        )
+
+    with scoped_transaction(knowledge.app, member.scope()) as conn:
+        found = retrieval.search(
+            conn, knowledge.keys, member.tenant_id, vector=[1.0] * DIMENSIONS, query=None, k=5
+        )
+    assert sorted(passage.title for passage in found) == [f"kept {n}" for n in range(5)]
+
+
+def _partition(runtime: Runtime, tenant_id: uuid.UUID) -> str:
+    with runtime.db.owner.begin() as conn:
+        name: str = conn.execute(
+            text("select stockade_chunk_partition(:t)"), {"t": tenant_id}
+        ).scalar_one()
+    return name

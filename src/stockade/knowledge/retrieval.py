@@ -37,6 +37,8 @@ order by embedding <=> cast(:vector as vector)
 limit :limit
 """
 
+_COUNT = text("select count(*) from document_chunks where tenant_id = :tenant_id")
+
 _TEXT_CANDIDATES = """
 select id, document_id, ordinal, key_version, body_sealed,
        ts_rank(lexemes, cast(:query as tsquery)) as rank
@@ -98,25 +100,44 @@ def search(
     )
     candidates: dict[uuid.UUID, _Candidate] = {}
 
-    rows = conn.execute(
-        text(_VECTOR_CANDIDATES),
-        {"vector": vector_literal(vector), "tenant_id": tenant_id, "limit": limit},
-    ).all()
+    rows = _vector_candidates(conn, tenant_id, vector, limit)
     for rank, row in enumerate(rows, start=1):
         candidate = candidates.setdefault(row.id, _Candidate(row))
         candidate.vector_rank, candidate.similarity = rank, float(row.similarity)
 
     tsquery = hashed_tsquery(conn, keys.current(conn, tenant_id), query) if query else None
     if tsquery is not None:
-        rows = conn.execute(
+        matches = conn.execute(
             text(_TEXT_CANDIDATES), {"query": tsquery, "tenant_id": tenant_id, "limit": limit}
         ).all()
-        for rank, row in enumerate(rows, start=1):
+        for rank, row in enumerate(matches, start=1):
             candidate = candidates.setdefault(row.id, _Candidate(row))
             candidate.text_rank, candidate.text_score = rank, float(row.rank)
 
     best = sorted(candidates.values(), key=lambda item: item.fused(), reverse=True)[:k]
     return _passages(conn, keys, tenant_id, best)
+
+
+def _vector_candidates(
+    conn: Connection, tenant_id: uuid.UUID, vector: Sequence[float], limit: int
+) -> list[Row[Any]]:
+    parameters = {"vector": vector_literal(vector), "tenant_id": tenant_id, "limit": limit}
+    rows = conn.execute(text(_VECTOR_CANDIDATES), parameters).all()
+    if len(rows) == limit:
+        return list(rows)
+
+    # An HNSW scan yields at most ef_search entries, and entries of deleted rows that
+    # vacuum has not yet removed (or a crowd of equal vectors) take some of them: fewer
+    # rows than asked for. When the tenant has more, rank them exactly instead.
+    # NOTE: pgvector 0.8's iterative index scans (hnsw.iterative_scan) would keep this
+    # on the index; the embedded server ships pgvector 0.6.
+    available = conn.execute(_COUNT, {"tenant_id": tenant_id}).scalar_one()
+    if available <= len(rows):
+        return list(rows)
+    conn.execute(text("select set_config('enable_indexscan', 'off', true)"))
+    exact = conn.execute(text(_VECTOR_CANDIDATES), parameters).all()
+    conn.execute(text("select set_config('enable_indexscan', 'on', true)"))
+    return list(exact)
 
 
 def _passages(

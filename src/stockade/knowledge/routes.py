@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from stockade.access.guard import Principal, require
 from stockade.audit.trail import record_event
 from stockade.db import scoped_transaction
-from stockade.errors import BadInput, Forbidden, NotFound, Unprocessable
+from stockade.errors import Forbidden, NotFound, Unprocessable
 from stockade.knowledge import store
 from stockade.knowledge.extract import media_type_of
 from stockade.knowledge.jobs import defer_indexing
@@ -91,7 +91,7 @@ def _knowledge(request: Request) -> Knowledge:
 
 @router.post("/documents", response_model=Document, status_code=202)
 async def create_document(
-    request: Request, principal: Principal = require("documents:write")
+    request: Request, response: Response, principal: Principal = require("documents:write")
 ) -> dict[str, Any]:
     """Store a document (JSON, or a multipart ``file`` upload) and queue its indexing."""
     knowledge = _knowledge(request)
@@ -102,13 +102,16 @@ async def create_document(
     if content_type == "multipart/form-data":
         upload = await _multipart_upload(request, limit)
     elif content_type == "application/json":
-        # JSON escapes can double the text's size on the wire; the text itself must fit.
-        upload = _json_upload(await _capped_body(request, limit * 2 + 4096))
+        # A \u escape takes six bytes for one, so the body may be six times the text;
+        # the text itself must fit the plan.
+        upload = _json_upload(await _capped_body(request, limit * 6 + 4096))
         if len(upload.data) > limit:
             raise DocumentTooLarge(f"the plan accepts documents up to {limit} bytes", limit=limit)
     else:
         raise Unprocessable("send application/json with title and text, or multipart/form-data")
-    return await run_in_threadpool(knowledge.add, scope, upload, defer=defer_indexing)
+    document = await run_in_threadpool(knowledge.add, scope, upload, defer=defer_indexing)
+    response.headers["Location"] = f"/api/v1/documents/{document['id']}"
+    return document
 
 
 @router.get("/documents", response_model=DocumentList)
@@ -187,7 +190,7 @@ def search(
 
 def _no_nul_query(value: str) -> str:
     if "\x00" in value or not value.strip():
-        raise BadInput("q must be non-empty text without the NUL character")
+        raise Unprocessable("q must be non-empty text without the NUL character")
     return value.strip()
 
 

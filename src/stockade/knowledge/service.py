@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from psycopg.errors import ForeignKeyViolation
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from stockade.audit.trail import record_event
 from stockade.billing.plans import PlanCatalog, tenant_plan
@@ -176,6 +178,9 @@ class Knowledge:
                     ):
                         return
         except Exception as exc:
+            if _deleted_meanwhile(exc):
+                log.info("document_deleted_while_indexing", document_id=str(document_id))
+                return
             # The reason is shown to the tenant, so only an embedder's own message, which
             # names no secret, is passed on.
             reason = str(exc) if isinstance(exc, EmbedderError) else "indexing failed"
@@ -210,6 +215,11 @@ class Knowledge:
         vector = self.embedder.embed([query])[0]
         with scoped_transaction(self.app, scope) as conn:
             return search(conn, self.keys, tenant_id, vector=vector, query=query, k=min(k, MAX_K))
+
+
+def _deleted_meanwhile(exc: Exception) -> bool:
+    """Whether storing chunks failed because their document was deleted meanwhile."""
+    return isinstance(exc, IntegrityError) and isinstance(exc.orig, ForeignKeyViolation)
 
 
 def _tenant_of(scope: Scope) -> uuid.UUID:
