@@ -143,7 +143,7 @@ def test_openai_embedder_speaks_the_protocol(upstream: str, tmp_path: Any) -> No
 @pytest.mark.parametrize(
     ("status", "answer", "message"),
     [
-        (500, {"error": {"message": "down"}}, "answered 500"),
+        (500, {"error": {"message": "down"}}, "returned HTTP 500"),
         (200, b"not json", "malformed"),
         (200, {"data": [{"index": 0, "embedding": [1.0, 2.0]}]}, "expected 1 of 384"),
         (200, {"data": "nothing"}, "malformed"),

@@ -20,9 +20,9 @@ def keys_rotate(data_dir: DataDir = None) -> None:
     """Make a new wrapping key and re-wrap every tenant's data key under it.
 
     Sealed documents and chunks are not re-encrypted: only the data keys change wrapping.
-    The key this rotation replaces stays in the key store until the next rotation, since
-    another process may still wrap a new tenant's key with it from its cached keyring;
-    older keys that no data key names are deleted.
+    The key this rotation replaces stays in the key store until the next rotation,
+    because another process may still wrap a new tenant's key with it from its cached
+    keyring. Older keys that no data key names are deleted.
     """
     from stockade.audit.trail import record_platform_event
     from stockade.keys.envelope import rewrap_data_keys, wrapping_keys_in_use

@@ -2,7 +2,7 @@
 
 A tenant's data key (AES-256) is made on first use and stored in ``tenant_data_keys``
 wrapped by the key store's current wrapping key, with the tenant id as associated data.
-Rows are sealed with AES-256-GCM under the data key; the associated data names the
+Rows are sealed with AES-256-GCM under the data key. The associated data names the
 tenant, the table, the column and the row, so a ciphertext copied to another row or
 another tenant does not open. Rotating the wrapping key re-wraps the data keys and
 leaves the sealed rows as they are.
@@ -64,7 +64,7 @@ class DataKey:
             ) from None
 
     def derive(self, purpose: str) -> bytes:
-        """A subkey for one purpose (such as keyed search hashes), fixed for this key."""
+        """Derive a subkey for one purpose (such as keyed search hashes), fixed for this key."""
         return hmac.new(
             self._key, b"stockade-derive-v1|" + purpose.encode(), hashlib.sha256
         ).digest()
@@ -145,7 +145,7 @@ class Rewrapped:
 def rewrap_data_keys(owner: Engine, keystore: KeyStore) -> Rewrapped:
     """Re-wrap every data key not under the current wrapping key.
 
-    Runs on the owner role, which sees every tenant's wrapped key (never an unwrapped
+    Runs on the owner role, which can read every tenant's wrapped key (never an unwrapped
     one: the database holds none). Each key is re-wrapped in its own short transaction,
     and a key that does not unwrap is reported and skipped, so one damaged row does not
     hold back the rest.

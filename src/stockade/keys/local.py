@@ -170,7 +170,7 @@ class LocalKeyStore:
             ) from None
 
     def wrapping_key_ids(self) -> list[str]:
-        """Every wrapping key kept, the current one first."""
+        """Return the ids of the wrapping keys kept, the current one first."""
         return [entry["id"] for entry in self._read().get("wrapping_keys", [])]
 
     def current_wrapping_key_id(self) -> str:

@@ -2,7 +2,7 @@
 
 Paragraphs are kept whole where they fit; a long paragraph is split between sentences,
 and a sentence longer than a chunk between words. The last sentence of a chunk split
-from a paragraph opens the next one, so an answer spanning the cut is found in either.
+from a paragraph opens the next one, so a passage spanning the cut is found in either.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 - ``HashingEmbedder`` (the default): works offline with no model and no download. Word
   stems (Snowball) and character trigrams are hashed into signed buckets, so passages
-  that share words or word forms point the same way. It knows no synonyms.
+  that share words or word forms point the same way. It has no notion of synonyms.
 - ``OpenAIEmbedder``: any OpenAI-compatible ``/embeddings`` endpoint, asked for
   ``DIMENSIONS`` dimensions.
 - ``SentenceTransformerEmbedder``: a local sentence-transformers model, from the
@@ -95,7 +95,7 @@ _STEMMER = snowballstemmer.stemmer("english")
 
 
 class EmbedderError(RuntimeError):
-    """The embedder could not turn text into vectors; the message says why."""
+    """The embedder failed to turn text into vectors; the message gives the reason."""
 
 
 class Embedder(Protocol):
@@ -139,7 +139,7 @@ class OpenAIEmbedder:
         except httpx.HTTPError as exc:
             raise EmbedderError(f"the embeddings endpoint failed: {type(exc).__name__}") from None
         if response.status_code != 200:
-            raise EmbedderError(f"the embeddings endpoint answered {response.status_code}")
+            raise EmbedderError(f"the embeddings endpoint returned HTTP {response.status_code}")
         return _vectors_from(response, len(texts))
 
 
@@ -243,7 +243,7 @@ def _features(text: str) -> dict[str, float]:
         counts["w:" + _stem(word)] += 1
         padded = f"#{word}#"
         counts.update("t:" + padded[start : start + 3] for start in range(len(padded) - 2))
-    # Sublinear counts: a word said ten times is not ten times as telling.
+    # Sublinear counts: a word that occurs ten times is not ten times as telling.
     return {
         feature: (1.0 + math.log(count)) * (1.0 if feature[0] == "w" else _TRIGRAM_WEIGHT)
         for feature, count in counts.items()

@@ -86,7 +86,7 @@ def _decode(data: bytes) -> str:
 
 
 def _pdf_text(data: bytes) -> str:
-    # pypdf logs warnings about damaged files; the answer to the client says enough.
+    # pypdf logs warnings about damaged files, which the error returned to the client covers.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data))

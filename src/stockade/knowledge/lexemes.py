@@ -1,7 +1,7 @@
 """Full-text search over keyed hashes of words, so no plaintext word is stored.
 
 PostgreSQL stems the text (``to_tsvector('english', ...)``) in a statement that stores
-nothing; each lexeme is then replaced by an HMAC under a key derived from the tenant's
+nothing. Each lexeme is then replaced by an HMAC under a key derived from the tenant's
 data key, and the hashes, with their positions, make the stored ``tsvector``. Queries
 hash their lexemes the same way, so ``ts_rank`` and the GIN index work unchanged.
 

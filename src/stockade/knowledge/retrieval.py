@@ -1,10 +1,10 @@
 """Hybrid retrieval from one tenant's namespace: vector similarity fused with text rank.
 
-Both halves read only the tenant's partition of ``document_chunks`` (its own HNSW and
-GIN indexes), inside a transaction scoped to the tenant, so the nearest neighbours of
-any query vector are always that tenant's own chunks and a small tenant gets its full
-``k``. The two rankings are fused by reciprocal rank (RRF), which needs no calibration
-between cosine similarity and ``ts_rank``.
+Both halves read only the tenant's partition of ``document_chunks``, with its own HNSW
+and GIN indexes, inside a transaction scoped to the tenant. So the nearest neighbours of
+any query vector are that tenant's own chunks, and a small tenant gets its full ``k``.
+The two rankings are fused by reciprocal rank (RRF), which needs no calibration between
+cosine similarity and ``ts_rank``.
 """
 
 from __future__ import annotations

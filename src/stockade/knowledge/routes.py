@@ -133,7 +133,7 @@ def read_document(
     principal: Principal = require("documents:read"),
     reveal: bool = False,
 ) -> dict[str, object]:
-    """The document with its redacted text; ``reveal=true`` (``pii:reveal``) restores it."""
+    """Return the document with its redacted text, or restored with ``reveal=true``."""
     if reveal and not request.app.state.policy.decide(principal.roles, "pii:reveal").allowed:
         raise Forbidden("revealing redacted personal data needs the pii:reveal permission")
     knowledge = _knowledge(request)
@@ -182,7 +182,7 @@ def search(
     principal: Principal = require("search:query"),
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
 ) -> dict[str, object]:
-    """The tenant's ``k`` best chunks for ``q``: vector similarity fused with text rank."""
+    """Return the tenant's ``k`` best chunks for ``q``, vector similarity fused with text rank."""
     query = _no_nul_query(q)
     passages = _knowledge(request).search(principal.scope(), query, k)
     return {"query": query, "k": k, "results": [vars(passage) for passage in passages]}

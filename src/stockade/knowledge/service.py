@@ -1,7 +1,7 @@
 """The knowledge base of each tenant: add documents, index them, search them.
 
 ``Knowledge`` is built once per process. The routes and the gateway call it with the
-caller's ``Scope``; the indexing job calls it with the scope of the member who uploaded
+caller's ``Scope``. The indexing job calls it with the scope of the member who uploaded
 the document, so row-level security applies to background work as it does to requests.
 """
 
@@ -84,7 +84,7 @@ class Knowledge:
     # Adding documents
 
     def upload_limit(self, scope: Scope) -> int:
-        """The largest document, in bytes, that the tenant's plan accepts."""
+        """Return the largest document, in bytes, that the tenant's plan accepts."""
         assert scope.tenant_id is not None
         with scoped_transaction(self.app, scope) as conn:
             return tenant_plan(conn, self.catalog, scope.tenant_id).document_bytes
@@ -210,7 +210,7 @@ class Knowledge:
     # Searching
 
     def search(self, scope: Scope, query: str, k: int) -> list[Passage]:
-        """The tenant's best ``k`` chunks for ``query``, by vector and by text rank."""
+        """Return the tenant's best ``k`` chunks for ``query``, by vector and by text rank."""
         tenant_id = _tenant_of(scope)
         vector = self.embedder.embed([query])[0]
         with scoped_transaction(self.app, scope) as conn:
@@ -218,7 +218,7 @@ class Knowledge:
 
 
 def _deleted_meanwhile(exc: Exception) -> bool:
-    """Whether storing chunks failed because their document was deleted meanwhile."""
+    """Tell whether storing chunks failed because their document was deleted meanwhile."""
     return isinstance(exc, IntegrityError) and isinstance(exc.orig, ForeignKeyViolation)
 
 
