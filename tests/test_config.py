@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stockade.access.policy import PolicyError, load_policy
-from stockade.config import ConfigError, load_settings
+from stockade.config import ConfigError, is_safe_url, load_settings
 
 
 @pytest.mark.parametrize("minutes", ["61", "90", "0", "-5"])
@@ -69,3 +69,24 @@ def test_packaged_policy_matches_role_table() -> None:
     assert not policy.decide(["admin"], "no:such").allowed
     assert not policy.decide([], "tickets:read").allowed
     assert policy.privileged_roles == {"admin", "billing-admin"}
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        ("https://api.example.com/v1", True),
+        ("http://127.0.0.1:8000", True),
+        ("http://127.0.0.2:9/v1", True),
+        ("http://localhost/v1", True),
+        ("http://[::1]:8080/v1", True),
+        ("http://127.0.0.1.example.com/v1", False),
+        ("http://localhost.example.com/v1", False),
+        ("http://10.0.0.5/v1", False),
+        ("ftp://127.0.0.1/", False),
+        ("https://", False),
+        ("http://[::1/", False),
+        ("", False),
+    ],
+)
+def test_safe_url_parses_the_host(url: str, safe: bool) -> None:
+    assert is_safe_url(url) is safe

@@ -7,10 +7,12 @@ Unsafe values stop start-up with a message that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = Path(".stockade")
 DEFAULT_ACCESS_TOKEN_MINUTES = 15
@@ -62,13 +64,11 @@ class Settings:
             raise ConfigError(
                 f"STOCKADE_APP_DB_ROLE={self.app_db_role!r} is not a plain lowercase role name"
             )
-        if not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        if not is_safe_url(self.issuer):
             raise ConfigError(
                 f"STOCKADE_ISSUER={self.issuer!r} must use https outside loopback addresses"
             )
-        if not self.stripe_api_base.startswith(
-            ("https://", "http://127.0.0.1", "http://localhost")
-        ):
+        if not is_safe_url(self.stripe_api_base):
             raise ConfigError(
                 f"STOCKADE_STRIPE_API_BASE={self.stripe_api_base!r} must use https"
                 " outside loopback addresses"
@@ -78,9 +78,7 @@ class Settings:
             raise ConfigError(
                 f"STOCKADE_EMBEDDER={self.embedder!r} is not one of {', '.join(EMBEDDERS)}"
             )
-        if self.embedder == "openai" and not (self.embeddings_url or "").startswith(
-            ("https://", "http://127.0.0.1", "http://localhost")
-        ):
+        if self.embedder == "openai" and not is_safe_url(self.embeddings_url or ""):
             raise ConfigError(
                 "STOCKADE_EMBEDDINGS_URL must be set, and use https outside loopback"
                 " addresses, when STOCKADE_EMBEDDER=openai"
@@ -98,6 +96,31 @@ class Settings:
     @property
     def postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+
+def is_safe_url(url: str) -> bool:
+    """Tell whether ``url`` is https, or plain http to a loopback address of this machine.
+
+    The host is parsed, not matched as a prefix, so ``http://127.0.0.1.example.com``
+    is not taken for loopback.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _int_env(name: str, default: int) -> int:

@@ -211,7 +211,7 @@ def _config_of(upstream: MockUpstream) -> dict[str, object]:
     return {"upstreams": config.upstreams, "models": config.models, "aliases": config.aliases}
 
 
-def test_token_budget_refuses_large_max_tokens(
+def test_max_tokens_beyond_plan_is_400(
     client: TestClient,
     runtime: Runtime,
     gateway: Gateway,
@@ -227,10 +227,13 @@ def test_token_budget_refuses_large_max_tokens(
         headers=caller.headers,
     )
 
-    assert response.status_code == 402
+    # No month's window could hold it, so waiting would not help: 400, not 402.
+    assert response.status_code == 400
     error = response.json()["error"]
-    assert error["kind"] == "llm_tokens"
-    assert int(response.headers["Retry-After"]) > 0
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "max_tokens"
+    assert "more than the free plan allows in a whole month" in error["message"]
+    assert "Retry-After" not in response.headers
     assert upstream.calls == 0
     assert open_reservations(runtime, caller.tenant_id) == 0
     assert ledger_rows(runtime, caller.tenant_id, "llm_call") == []

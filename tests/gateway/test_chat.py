@@ -178,6 +178,22 @@ def test_malformed_body_gets_400_naming_field(
     assert no_messages.json()["error"]["param"] == "messages"
 
 
+def test_lone_surrogate_gets_400(
+    client: TestClient, gateway: Gateway, make_caller: Callable[..., Caller]
+) -> None:
+    caller = make_caller()
+    headers = {**caller.headers, "Content-Type": "application/json"}
+    bodies = {
+        "/v1/chat/completions": b'{"model": "%s", "messages": [{"role": "user", "content":'
+        b' "\\ud800 hi"}]}' % CHAT_MODEL.encode(),
+        "/v1/embeddings": b'{"model": "any", "input": "\\ud800 hi"}',
+    }
+    for path, body in bodies.items():
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert "invalid Unicode" in response.json()["error"]["message"]
+
+
 def test_unsupported_fields_refused_and_released(
     client: TestClient,
     runtime: Runtime,

@@ -30,6 +30,9 @@ def _with_upstream(**fields: Any) -> dict[str, Any]:
     [
         (_with_upstream(api_key="sk-live-123"), "never write an API key"),
         (_with_upstream(base_url="http://10.0.0.5/v1"), "https outside loopback"),
+        (_with_upstream(base_url="http://127.0.0.1.example.com/v1"), "https outside loopback"),
+        (_with_upstream(base_url="http://localhost.example.com/v1"), "https outside loopback"),
+        (_with_upstream(api_key="sk-live-123"), "stockade gateway key gateway-NAME --stdin"),
         (_with_upstream(api_key_secret="stripe-api-key"), "key store name 'gateway-"),
         (_with_upstream(max_retries=50), "max_retries must be a whole number from 0 to 5"),
         (_with_upstream(timeout_seconds=float("nan")), "timeout_seconds must be from"),

@@ -13,7 +13,13 @@ from stockade.gateway.prompts import StreamRestorer
 from stockade.gateway.service import Gateway
 from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime
-from tests.gateway.conftest import CHAT_MODEL, Caller, chat_body, open_reservations
+from tests.gateway.conftest import (
+    CHAT_MODEL,
+    Caller,
+    audit_events,
+    chat_body,
+    open_reservations,
+)
 from tests.gateway.upstream import MockUpstream
 from tests.knowledge.conftest import add_indexed
 
@@ -134,6 +140,7 @@ def test_model_alias_switches_retrieval_on(
 
 def test_provider_sees_placeholders_only(
     client: TestClient,
+    runtime: Runtime,
     gateway: Gateway,
     upstream: MockUpstream,
     make_caller: Callable[..., Caller],
@@ -151,6 +158,9 @@ def test_provider_sees_placeholders_only(
     assert revealed.json()["stockade"]["redacted"] == 3
     hidden_text = hidden.json()["choices"][0]["message"]["content"]
     assert hidden_text == "Echo: Mail <EMAIL_1> and call <PHONE_1> about card <CARD_1>"
+    # The admin's restored values are in the audit trail as a count, the viewer's call not.
+    events = audit_events(runtime, admin.tenant_id)
+    assert [event.data.get("revealed") for event in events] == [3, None]
 
 
 def test_streamed_answer_restored_for_reveal(

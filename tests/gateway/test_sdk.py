@@ -16,6 +16,7 @@ from tests.gateway.conftest import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
     Caller,
+    audit_events,
     ledger_rows,
     wait_for,
 )
@@ -133,7 +134,7 @@ def test_sdk_lists_models(sdk: tuple[openai.OpenAI, Caller]) -> None:
 def test_sdk_sees_402_with_retry_after(
     sdk: tuple[openai.OpenAI, Caller], runtime: Runtime, upstream: MockUpstream
 ) -> None:
-    client, _ = sdk
+    client, caller = sdk
     free_calls_per_day = runtime.plans.by_name("free").llm_calls_per_day
     for index in range(free_calls_per_day):
         client.chat.completions.create(
@@ -156,3 +157,5 @@ def test_sdk_sees_402_with_retry_after(
     assert error["code"] == "budget_exceeded"
     assert error["limit"] == free_calls_per_day
     assert upstream.calls == free_calls_per_day
+    refused = audit_events(runtime, caller.tenant_id, "llm:refused")
+    assert [event.data["kind"] for event in refused] == ["llm_call"]

@@ -13,6 +13,7 @@ before a provider is called; nothing is sent upstream without a reservation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,13 +27,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stockade.audit.trail import record_event
-from stockade.billing.entitlements import LLM_CALLS, LLM_TOKENS, reserve_within_plan
+from stockade.billing.entitlements import LLM_CALLS, LLM_TOKENS, plan_limits, reserve_within_plan
 from stockade.billing.ledger import BudgetExceeded, Reservation, release, settle
 from stockade.billing.plans import PlanCatalog
 from stockade.db import Scope, scoped_transaction
 from stockade.db.scope import execute_on_driver
 from stockade.gateway import cache
-from stockade.gateway.errors import LedgerUnavailable
+from stockade.gateway.errors import InvalidRequest, LedgerUnavailable
 from stockade.keys.envelope import DataKeys
 
 log = structlog.get_logger(__name__)
@@ -88,6 +89,13 @@ class Outcome:
     cache_entry: cache.Entry | None = None
     sample: tuple[Sequence[Mapping[str, str]], str] | None = None
     data: Mapping[str, Any] | None = None
+
+
+def with_reveal(outcome: Outcome, reveal: bool, mapping: Mapping[str, str]) -> Outcome:
+    """Note in the call's audit event that personal data was restored for the caller."""
+    if not (reveal and mapping):
+        return outcome
+    return dataclasses.replace(outcome, data={**(outcome.data or {}), "revealed": len(mapping)})
 
 
 @contextmanager
@@ -149,6 +157,7 @@ def admit(
     with ledger_reachable(), scoped_transaction(engine, scope) as conn:
         state = read_state(conn, tenant_id)
         check(state)
+        _check_fits_plan(catalog, state.plan, token_estimate)
         try:
             calls = reserve_within_plan(conn, catalog, tenant_id, LLM_CALLS, 1)
             try:
@@ -158,10 +167,28 @@ def admit(
                 raise
         except BudgetExceeded as exc:
             refusal = exc
+            record_event(
+                conn,
+                tenant_id=tenant_id,
+                action="llm:refused",
+                actor_user_id=scope.user_id,
+                data={"kind": exc.kind, "retry_after": exc.retry_after},
+            )
     if refusal is not None:
         log.info("gateway_budget_exceeded", kind=refusal.kind, retry_after=refusal.retry_after)
         raise refusal
     return Admission(state, calls, tokens)
+
+
+def _check_fits_plan(catalog: PlanCatalog, plan: str, token_estimate: int) -> None:
+    """Reject a call that could not fit even an unused month: waiting would not help."""
+    monthly = plan_limits(catalog, LLM_TOKENS).for_plan(plan)
+    if token_estimate > monthly:
+        raise InvalidRequest(
+            f"this request may use up to {token_estimate} tokens, more than the {plan} plan"
+            f" allows in a whole month ({monthly}); lower max_tokens or shorten the messages",
+            param="max_tokens",
+        )
 
 
 def settle_call(

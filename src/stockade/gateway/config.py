@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stockade.config import ConfigError
+from stockade.config import ConfigError, is_safe_url
 
 EXTRACTIVE = "extractive"
 EXTRACTIVE_MODEL = "stockade-extractive"
@@ -43,7 +43,6 @@ ModelKind = Literal["chat", "embedding"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _SECRET_NAME = re.compile(r"^gateway-[a-z0-9-]{1,56}$")
-_SAFE_SCHEMES = ("https://", "http://127.0.0.1", "http://localhost", "http://[::1]")
 _UPSTREAM_KEYS = frozenset(
     {
         "base_url",
@@ -200,13 +199,13 @@ def _upstream(name: str, table: object, source: str) -> UpstreamConfig:
     if "api_key" in table:
         raise GatewayConfigError(
             f"{where}: never write an API key in the file; store it with"
-            " 'stockade gateway key set gateway-NAME --stdin' and name it in api_key_secret"
+            " 'stockade gateway key gateway-NAME --stdin' and name it in api_key_secret"
         )
     unknown = sorted(set(table) - _UPSTREAM_KEYS)
     if unknown:
         raise GatewayConfigError(f"{where} has unknown keys {unknown}")
     base_url = table.get("base_url")
-    if not isinstance(base_url, str) or not base_url.startswith(_SAFE_SCHEMES):
+    if not isinstance(base_url, str) or not is_safe_url(base_url):
         raise GatewayConfigError(f"{where}: base_url must use https outside loopback addresses")
     secret = table.get("api_key_secret")
     if secret is not None and (not isinstance(secret, str) or not _SECRET_NAME.match(secret)):

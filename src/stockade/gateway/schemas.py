@@ -8,9 +8,10 @@ newer SDK that sends a new optional field still works.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stockade.gateway.errors import UnsupportedFeature
 
@@ -87,7 +88,26 @@ class StockadeOptions(BaseModel):
     passages: Annotated[int, Field(ge=1, le=20)] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class _UnicodeRequest(BaseModel):
+    """A request body whose strings must all be valid Unicode.
+
+    JSON may carry a lone surrogate (``"\\ud800"``), which Python decodes but cannot
+    encode as UTF-8, so it is rejected here as bad input before anything encodes it.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the body contains invalid Unicode (a lone surrogate)") from None
+        except (TypeError, ValueError):
+            pass  # not JSON-shaped: the field validators give the error
+        return data
+
+
+class ChatCompletionRequest(_UnicodeRequest):
     model_config = ConfigDict(extra="ignore")
 
     model: Annotated[str, Field(min_length=1, max_length=128)]
@@ -133,7 +153,7 @@ class ChatCompletionRequest(BaseModel):
 EmbeddingInput = str | list[str] | list[int] | list[list[int]]
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(_UnicodeRequest):
     model_config = ConfigDict(extra="ignore")
 
     model: Annotated[str, Field(min_length=1, max_length=128)]

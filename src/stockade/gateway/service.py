@@ -196,6 +196,7 @@ class Gateway:
         outcome = self.outcome(
             request.model, answer, chat.messages, key, answer.result.content, admission
         )
+        outcome = budget.with_reveal(outcome, ctx.reveal, chat.mapping)
         headers = {"Stockade-Fallback": "cache"} if answer.fallback == "cache" else {}
         self.log_call(request.model, answer.provider, answer.fallback, outcome.tokens_used, started)
         return JSONResponse(

@@ -193,6 +193,7 @@ async def _events(
                         fallback=outcome.fallback,
                         data={"incomplete": True},
                     )
+                outcome = budget.with_reveal(outcome, ctx.reveal, chat.mapping)
                 gateway.log_call(
                     request.model, opened.provider, opened.fallback, outcome.tokens_used, started
                 )
