@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,12 @@ def test_missing_or_invalid_file_named(tmp_path: Path) -> None:
         load_gateway_config(tmp_path / "absent.toml")
     with pytest.raises(GatewayConfigError, match="is not valid TOML"):
         load_gateway_config(broken)
+
+
+def test_documented_example_file_parses() -> None:
+    guide = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
+    example = re.search(r"```toml\n(.*?)```", guide.read_text(), re.DOTALL)
+    assert example is not None
+    config = parse_gateway_config(tomllib.loads(example.group(1)), "docs/gateway.md")
+    assert config.models["text-embedding-3-small"].kind == "embedding"
+    assert config.upstreams["local"].base_url == "http://127.0.0.1:11434/v1"
