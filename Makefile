@@ -24,6 +24,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/redaction.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/knowledge.py
 	$(BIN)/python bench/gateway.py $(if $(LITELLM),--litellm $(LITELLM))
 
 $(VENV)/bin/python:

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import text
-from tickets_auth import git_commit, stop_embedded_server
+from tickets_auth import git_commit, positive_int, stop_embedded_server
 
 from stockade.audit.logs import configure_logging
 from stockade.billing.entitlements import LLM_TOKENS, reserve_within_plan
@@ -373,13 +373,6 @@ def delete_tenant(runtime: Runtime, tenant_id: uuid.UUID) -> None:
     with runtime.db.owner.begin() as conn:
         conn.execute(text("delete from audit_events where tenant_id = :t"), {"t": tenant_id})
         conn.execute(text("delete from tenants where id = :t"), {"t": tenant_id})
-
-
-def positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{raw} is not a positive whole number")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
