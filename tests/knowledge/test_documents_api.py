@@ -59,20 +59,24 @@ def test_upload_is_indexed_in_the_background(
 
 
 def test_personal_data_is_redacted_and_revealed_only_with_permission(
-    client: TestClient, factory: Factory, runtime: Runtime
+    client: TestClient, factory: Factory, runtime: Runtime, drain: Callable[[], None]
 ) -> None:
     tenant = factory.tenant("pii")
     writer = factory.member(tenant, roles=("contributor",))
     admin = factory.member(tenant, roles=("admin",))
     created = client.post(
         "/api/v1/documents",
-        json={"title": "Travel", "text": HANDBOOK},
+        json={"title": "Travel for ines.duarte@example.com", "text": HANDBOOK},
         headers=_headers(factory, writer),
     ).json()
-    assert created["redacted"] == {"EMAIL": 1, "PHONE": 1}
+    # The title is redacted at once, the text by the indexing job.
+    assert created["title"] == "Travel for <EMAIL_1>"
+    assert created["redacted"] == {}
+    drain()
 
     path = f"/api/v1/documents/{created['id']}"
     plain = client.get(path, headers=_headers(factory, writer)).json()
+    assert plain["redacted"] == {"EMAIL": 1, "PHONE": 1}
     assert "ines.duarte@example.com" not in plain["text"] and "<EMAIL_1>" in plain["text"]
     assert "<PHONE_1>" in plain["text"] and plain["revealed"] is False
 
@@ -82,6 +86,7 @@ def test_personal_data_is_redacted_and_revealed_only_with_permission(
 
     revealed = client.get(path, params={"reveal": "true"}, headers=_headers(factory, admin)).json()
     assert revealed["text"] == HANDBOOK and revealed["revealed"] is True
+    assert revealed["title"] == "Travel for ines.duarte@example.com"
     with runtime.db.owner.begin() as conn:
         actions = (
             conn.execute(
@@ -293,3 +298,27 @@ def test_delete_while_indexing_stops_quietly(
             {"d": created["id"]},
         ).scalar_one()
     assert left == 0
+
+
+def test_unreadable_file_fails_in_the_job_with_its_reason(
+    client: TestClient, factory: Factory, runtime: Runtime, drain: Callable[[], None]
+) -> None:
+    member = factory.member(roles=("contributor",))
+    headers = _headers(factory, member)
+    # A PDF file that opens but whose only page has no text.
+    blank = minimal_pdf("").replace(b"() Tj", b"")
+    created = client.post(
+        "/api/v1/documents", files={"file": ("blank.pdf", blank)}, headers=headers
+    )
+    assert created.status_code == 202, created.text
+    drain()
+
+    document = client.get(created.headers["location"], headers=headers).json()
+    assert document["status"] == "failed"
+    assert document["error"] == "the document has no text to index"
+    with runtime.db.owner.begin() as conn:
+        kept = conn.execute(
+            text("select upload_sealed is not null from documents where id = :d"),
+            {"d": document["id"]},
+        ).scalar_one()
+    assert kept  # the file stays until the document is deleted

@@ -49,6 +49,9 @@ _BLOCKS = frozenset(
 )
 
 
+_PDF_ERRORS = (PdfReadError, ValueError, KeyError, TypeError, AttributeError)
+
+
 class UnsupportedDocument(Unprocessable):
     title = "Unsupported document"
 
@@ -62,6 +65,18 @@ def media_type_of(filename: str) -> str:
             f"upload one of {', '.join(sorted(MEDIA_TYPES))}"
         )
     return media_type
+
+
+def check_readable(data: bytes, media_type: str) -> None:
+    """Raise ``UnsupportedDocument`` now for a file the indexing job could not read.
+
+    Cheap checks only: text must decode and not be blank, and a PDF file must open and
+    not be encrypted. Extracting a PDF's text is left to the job.
+    """
+    if media_type == "application/pdf":
+        _pdf_reader(data)
+    elif not _decode(data).strip():
+        raise UnsupportedDocument("the document has no text to index")
 
 
 def extract_text(data: bytes, media_type: str) -> str:
@@ -86,15 +101,24 @@ def _decode(data: bytes) -> str:
 
 
 def _pdf_text(data: bytes) -> str:
+    reader = _pdf_reader(data)
+    try:
+        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+    except _PDF_ERRORS as exc:
+        raise UnsupportedDocument(f"the PDF file could not be read: {type(exc).__name__}") from None
+
+
+def _pdf_reader(data: bytes) -> PdfReader:
     # pypdf logs warnings about damaged files, which the error returned to the client covers.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise UnsupportedDocument("encrypted PDF files cannot be indexed")
-        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        encrypted = reader.is_encrypted
+    except _PDF_ERRORS as exc:
         raise UnsupportedDocument(f"the PDF file could not be read: {type(exc).__name__}") from None
+    if encrypted:
+        raise UnsupportedDocument("encrypted PDF files cannot be indexed")
+    return reader
 
 
 def _html_text(markup: str) -> str:

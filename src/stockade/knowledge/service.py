@@ -8,6 +8,7 @@ the document, so row-level security applies to background work as it does to req
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,11 @@ from stockade.keys.envelope import DataKeys
 from stockade.knowledge import store
 from stockade.knowledge.chunking import chunk_text
 from stockade.knowledge.embedders import Embedder, EmbedderError, embedder_from, vector_literal
-from stockade.knowledge.extract import extract_text
+from stockade.knowledge.extract import UnsupportedDocument, check_readable, extract_text
 from stockade.knowledge.lexemes import hashed_tsvectors
 from stockade.knowledge.retrieval import MAX_K, Passage, search
 from stockade.runtime import Runtime
+from stockade.safety.placeholders import parse_placeholder
 from stockade.safety.redaction import Redactor
 
 log = structlog.get_logger(__name__)
@@ -90,15 +92,15 @@ class Knowledge:
             return tenant_plan(conn, self.catalog, scope.tenant_id).document_bytes
 
     def add(self, scope: Scope, upload: Upload, *, defer: Any) -> dict[str, Any]:
-        """Redact, seal and store a document, and defer its indexing in the same transaction.
+        """Seal and store an upload, and defer its indexing in the same transaction.
 
-        ``defer(conn, tenant_id, document_id, roles)`` queues the indexing job.
+        The title is redacted here. The text is extracted and redacted by the indexing
+        job, because redacting a large file takes seconds. ``defer(conn, tenant_id,
+        document_id, roles)`` queues that job.
         """
         tenant_id, author = _tenant_of(scope), scope.user_id
-        text = extract_text(upload.data, upload.media_type)
+        check_readable(upload.data, upload.media_type)
         title = self.redactor.redact(upload.title)
-        body = self.redactor.redact(text, start=title.mapping)
-        counts = {kind: body.counts.get(kind, 0) for kind in body.counts}
 
         with scoped_transaction(self.app, scope) as conn:
             plan = tenant_plan(conn, self.catalog, tenant_id)
@@ -121,11 +123,9 @@ class Knowledge:
                 author,
                 store.NewDocument(
                     title=title.text,
-                    body=body.text,
-                    pii=body.mapping,
-                    pii_counts=counts,
+                    title_pii=title.mapping,
+                    upload=upload.data,
                     media_type=upload.media_type,
-                    byte_size=len(upload.data),
                 ),
             )
             defer(conn, tenant_id, document["id"], list(scope.roles))
@@ -135,11 +135,7 @@ class Knowledge:
                 action="document:created",
                 actor_user_id=author,
                 subject=str(document["id"]),
-                data={
-                    "bytes": len(upload.data),
-                    "media_type": upload.media_type,
-                    "redacted": counts,
-                },
+                data={"bytes": len(upload.data), "media_type": upload.media_type},
             )
         return document
 
@@ -155,11 +151,13 @@ class Knowledge:
                 "document_index_skipped", tenant_id=str(tenant_id), document_id=str(document_id)
             )
             return
-        key, title, body = claimed
-        chunks = chunk_text(body)
-
-        done = 0
+        key, title = claimed.key, claimed.title
+        done, chunks = 0, []
         try:
+            body = claimed.body
+            if body is None:
+                body = self._redact_upload(scope, document_id, claimed)
+            chunks = chunk_text(body)
             for start in range(0, len(chunks), BATCH):
                 batch = chunks[start : start + BATCH]
                 vectors = self.embedder.embed([f"{title}\n\n{chunk}" for chunk in batch])
@@ -181,10 +179,13 @@ class Knowledge:
             if _deleted_meanwhile(exc):
                 log.info("document_deleted_while_indexing", document_id=str(document_id))
                 return
-            # The reason is shown to the tenant, so only an embedder's own message, which
-            # names no secret, is passed on.
-            reason = str(exc) if isinstance(exc, EmbedderError) else "indexing failed"
-            self._fail(scope, document_id, done, len(chunks), reason)
+            # The reason is shown to the tenant, so only messages written for it (a file
+            # that cannot be read, an embedder's failure) are passed on.
+            reason = str(exc) if isinstance(exc, UnsupportedDocument | EmbedderError) else None
+            self._fail(scope, document_id, done, len(chunks), reason or "indexing failed")
+            if isinstance(exc, UnsupportedDocument):
+                log.info("document_unreadable", document_id=str(document_id), reason=reason)
+                return
             raise
 
         with scoped_transaction(self.app, scope) as conn:
@@ -197,6 +198,19 @@ class Knowledge:
             document_id=str(document_id),
             chunks=len(chunks),
         )
+
+    def _redact_upload(self, scope: Scope, document_id: uuid.UUID, claimed: store.Claimed) -> str:
+        """Extract the upload's text, redact it, and keep it in place of the file."""
+        assert claimed.upload is not None
+        text = extract_text(claimed.upload, claimed.media_type)
+        body = self.redactor.redact(text, start=claimed.pii)
+        # Distinct values of each type in the title and the text together.
+        counts = Counter(
+            parsed[0] for parsed in map(parse_placeholder, body.mapping) if parsed is not None
+        )
+        with scoped_transaction(self.app, scope) as conn:
+            store.store_text(conn, claimed.key, document_id, body.text, body.mapping, dict(counts))
+        return body.text
 
     def _fail(
         self, scope: Scope, document_id: uuid.UUID, done: int, total: int, reason: str

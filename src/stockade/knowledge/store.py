@@ -21,12 +21,26 @@ CHUNKS = "document_chunks"
 
 @dataclass(frozen=True)
 class NewDocument:
+    """An upload as stored before indexing: its title already redacted, its file sealed."""
+
     title: str
-    body: str
-    pii: dict[str, str]
-    pii_counts: dict[str, int]
+    title_pii: dict[str, str]
+    upload: bytes
     media_type: str
-    byte_size: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A document the indexing job works on, opened with its data key."""
+
+    key: DataKey
+    title: str
+    media_type: str
+    # The uploaded file, until its text has been extracted and redacted.
+    upload: bytes | None
+    # The redacted text, once extracted; and the placeholders of title and text.
+    body: str | None
+    pii: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -69,9 +83,9 @@ def insert_document(
     document_id = uuid.uuid4()
     row = conn.execute(
         text(
-            "insert into documents (id, tenant_id, key_version, title_sealed, body_sealed,"  # noqa: S608
-            " pii_sealed, pii_counts, media_type, byte_size, created_by)"
-            " values (:id, :tenant_id, :version, :title, :body, :pii, cast(:counts as jsonb),"
+            "insert into documents (id, tenant_id, key_version, title_sealed, upload_sealed,"  # noqa: S608
+            " pii_sealed, media_type, byte_size, created_by)"
+            " values (:id, :tenant_id, :version, :title, :upload, :pii,"
             " :media_type, :byte_size, :author)"
             f" returning {_COLUMNS}"
         ),
@@ -80,13 +94,10 @@ def insert_document(
             "tenant_id": key.tenant_id,
             "version": key.version,
             "title": _seal(key, document_id, "title", document.title),
-            "body": _seal(key, document_id, "body", document.body),
-            "pii": _seal(key, document_id, "pii", json.dumps(document.pii))
-            if document.pii
-            else None,
-            "counts": json.dumps(document.pii_counts),
+            "upload": key.seal(document.upload, table=TABLE, column="upload", row_id=document_id),
+            "pii": _seal_pii(key, document_id, document.title_pii),
             "media_type": document.media_type,
-            "byte_size": document.byte_size,
+            "byte_size": len(document.upload),
             "author": author,
         },
     ).one()
@@ -121,29 +132,68 @@ def get_document(
         return None
     fields = row._mapping
     key = keys.version(conn, tenant_id, fields["key_version"])
-    body = _open(key, document_id, "body", fields["body_sealed"])
-    pii_sealed = fields["pii_sealed"]
-    mapping = json.loads(_open(key, document_id, "pii", pii_sealed)) if pii_sealed else {}
+    body_sealed = fields["body_sealed"]
+    # No text before the indexing job has extracted it.
+    body = _open(key, document_id, "body", body_sealed) if body_sealed else ""
+    mapping = _open_pii(key, document_id, fields["pii_sealed"])
     return _public(fields, _title(conn, keys, tenant_id, fields)), body, mapping
 
 
 def claim_for_indexing(
     conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, document_id: uuid.UUID
-) -> tuple[DataKey, str, str] | None:
-    """Mark the document as indexing; return its key, title and text, or None if gone."""
+) -> Claimed | None:
+    """Mark the document as indexing and open it, or return None if it is gone or done."""
     row = conn.execute(
         text(
             "update documents set status = 'indexing', error = null, updated_at = now()"
             " where tenant_id = :tenant_id and id = :id and status in ('queued', 'indexing')"
-            " returning key_version, title_sealed, body_sealed"
+            " returning key_version, title_sealed, media_type, upload_sealed, body_sealed,"
+            " pii_sealed"
         ),
         {"tenant_id": tenant_id, "id": document_id},
     ).first()
     if row is None:
         return None
     key = keys.version(conn, tenant_id, row.key_version)
-    title = _open(key, document_id, "title", row.title_sealed)
-    return key, title, _open(key, document_id, "body", row.body_sealed)
+    upload = (
+        key.open(bytes(row.upload_sealed), table=TABLE, column="upload", row_id=document_id)
+        if row.upload_sealed
+        else None
+    )
+    return Claimed(
+        key=key,
+        title=_open(key, document_id, "title", row.title_sealed),
+        media_type=row.media_type,
+        upload=upload,
+        body=_open(key, document_id, "body", row.body_sealed) if row.body_sealed else None,
+        pii=_open_pii(key, document_id, row.pii_sealed),
+    )
+
+
+def store_text(
+    conn: Connection,
+    key: DataKey,
+    document_id: uuid.UUID,
+    body: str,
+    pii: dict[str, str],
+    pii_counts: dict[str, int],
+) -> bool:
+    """Keep the redacted text and its placeholders, and drop the uploaded file."""
+    updated = conn.execute(
+        text(
+            "update documents set body_sealed = :body, pii_sealed = :pii,"
+            " pii_counts = cast(:counts as jsonb), upload_sealed = null, updated_at = now()"
+            " where tenant_id = :tenant_id and id = :id"
+        ),
+        {
+            "body": _seal(key, document_id, "body", body),
+            "pii": _seal_pii(key, document_id, pii),
+            "counts": json.dumps(pii_counts),
+            "tenant_id": key.tenant_id,
+            "id": document_id,
+        },
+    )
+    return updated.rowcount == 1
 
 
 def set_progress(
@@ -223,6 +273,17 @@ def open_title(key: DataKey, document_id: uuid.UUID, sealed: bytes) -> str:
 
 def _seal(key: DataKey, document_id: uuid.UUID, column: str, value: str) -> bytes:
     return key.seal(value.encode(), table=TABLE, column=column, row_id=document_id)
+
+
+def _seal_pii(key: DataKey, document_id: uuid.UUID, pii: dict[str, str]) -> bytes | None:
+    return _seal(key, document_id, "pii", json.dumps(pii)) if pii else None
+
+
+def _open_pii(key: DataKey, document_id: uuid.UUID, sealed: bytes | None) -> dict[str, str]:
+    if not sealed:
+        return {}
+    mapping: dict[str, str] = json.loads(_open(key, document_id, "pii", sealed))
+    return mapping
 
 
 def _open(key: DataKey, document_id: uuid.UUID, column: str, sealed: bytes) -> str:

@@ -34,13 +34,16 @@ create policy operator_all on tenant_data_keys to current_user using (true) with
 
 # Titles, text and the redaction mapping are sealed (AES-256-GCM under the tenant's data
 # key, nonce first); sizes, status and progress are plain so that lists need no key.
+# `upload_sealed` keeps the uploaded file until the indexing job has extracted and
+# redacted its text into `body_sealed`, then it is cleared.
 _DOCUMENTS = """
 create table documents (
     id uuid primary key,
     tenant_id uuid not null references tenants (id) on delete cascade,
     key_version integer not null,
     title_sealed bytea not null,
-    body_sealed bytea not null,
+    upload_sealed bytea,
+    body_sealed bytea,
     pii_sealed bytea,
     pii_counts jsonb not null default '{}',
     media_type text not null,
