@@ -172,6 +172,15 @@ def test_malformed_body_gets_400_naming_field(
 
     assert not_json.status_code == 400
     assert not_json.json()["error"]["type"] == "invalid_request_error"
+    assert not_json.json()["error"]["message"].startswith("the body is not valid JSON")
+    assert not_json.json()["error"]["param"] is None
+    loose = client.post(
+        "/v1/chat/completions",
+        json={**chat_body("hi"), "stream": "yes"},
+        headers=caller.headers,
+    )
+    assert loose.status_code == 400
+    assert loose.json()["error"]["param"] == "stream"
     assert bad_role.status_code == 400
     assert bad_role.json()["error"]["param"] == "messages.0.role"
     assert no_messages.status_code == 400

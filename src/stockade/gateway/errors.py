@@ -118,6 +118,9 @@ def openai_error_response(problem: Problem) -> JSONResponse:
 def openai_validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
     """Render a request body that failed validation as a 400 naming the first bad field."""
     first = errors[0] if errors else {"loc": (), "msg": "the request is not valid"}
+    if first.get("type") == "json_invalid":
+        # Its location is a character offset, not a field.
+        return openai_error_response(InvalidRequest(f"the body is not valid JSON: {first['msg']}"))
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     message = str(first.get("msg", "the request is not valid"))

@@ -11,7 +11,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from stockade.gateway.errors import UnsupportedFeature
 
@@ -76,7 +83,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class StockadeOptions(BaseModel):
@@ -84,7 +91,7 @@ class StockadeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retrieve: bool = False
+    retrieve: StrictBool = False
     passages: Annotated[int, Field(ge=1, le=20)] | None = None
 
 
@@ -112,7 +119,7 @@ class ChatCompletionRequest(_UnicodeRequest):
 
     model: Annotated[str, Field(min_length=1, max_length=128)]
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
