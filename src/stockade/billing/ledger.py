@@ -124,6 +124,11 @@ _UNRESERVE = text(
     " where tenant_id = :tenant and kind = :kind and period = :period"
     " and window_start = :window_start"
 )
+_LOCK_COUNTER = text(
+    "select 1 from usage_counters"
+    " where tenant_id = :tenant and kind = :kind and period = :period"
+    " and window_start = :window_start for update"
+)
 _COUNTER = text(
     "select used, reserved from usage_counters"
     " where tenant_id = :tenant and kind = :kind and period = :period"
@@ -429,6 +434,10 @@ def _reserve_in(
             f"the transaction is scoped to tenant {scoped}, not {reservation.tenant_id}"
         )
     conn.execute(_CREATE_COUNTER, window_params)
+    # Hold the counter while sweeping: a concurrent sweep skips the reservations this one
+    # has locked, so without this it could retry before this sweep has given their
+    # amounts back, and refuse a call that fits.
+    conn.execute(_LOCK_COUNTER, window_params)
     _expire_reservations(conn, window_params, now)
     if execute_on_driver(conn, statement, params) == 1:
         return reservation
