@@ -12,9 +12,11 @@ from sqlalchemy import text
 from stockade.db import Scope, scoped_transaction
 from stockade.gateway import control
 from stockade.gateway.service import Gateway
+from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime
 from tests.gateway.conftest import Caller, chat_body, ledger_rows
 from tests.gateway.upstream import ECHO_PREFIX, MockUpstream
+from tests.knowledge.conftest import add_indexed
 
 QUESTION = "what is the refund policy?"
 
@@ -156,3 +158,35 @@ def test_cached_answers_are_sealed_at_rest(
         rows = conn.execute(text("select t::text from gateway_cache as t")).scalars().all()
     assert len(rows) == 1
     assert "lighthouse" not in rows[0] and ECHO_PREFIX.strip() not in rows[0]
+
+
+def test_deleting_a_document_forgets_answers_citing_it(
+    client: TestClient,
+    gateway: Gateway,
+    knowledge: Knowledge,
+    forced_outage: Callable[[], None],
+    make_caller: Callable[..., Caller],
+) -> None:
+    caller = make_caller(roles=("contributor",))
+    question, kept = "When does the aurora tour leave?", "Where does the glacier walk start?"
+    # Asked while the tenant has one document, so this answer cites only that one.
+    add_indexed(knowledge, caller.member, "Glacier", "The glacier walk starts at the lodge.")
+    assert _ask(client, caller, kept, model="stockade-rag").status_code == 200
+    document_id = add_indexed(
+        knowledge, caller.member, "Aurora", "The aurora tour leaves the harbour at nine."
+    )
+    first = _ask(client, caller, question, model="stockade-rag")
+    assert first.status_code == 200
+    assert first.json()["stockade"]["citations"][0]["document_id"] == str(document_id)
+
+    deleted = client.delete(f"/api/v1/documents/{document_id}", headers=caller.headers)
+    assert deleted.status_code == 204
+    forced_outage()
+
+    after = _ask(client, caller, question, model="stockade-rag")
+    assert after.status_code == 503
+    assert "harbour" not in after.text
+    # The answer citing only the other document is still served from the cache.
+    still = _ask(client, caller, kept, model="stockade-rag")
+    assert still.status_code == 200
+    assert still.headers["Stockade-Fallback"] == "cache"

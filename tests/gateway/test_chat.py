@@ -187,6 +187,24 @@ def test_malformed_body_gets_400_naming_field(
     assert no_messages.json()["error"]["param"] == "messages"
 
 
+def test_nul_and_loose_types_get_400(
+    client: TestClient, gateway: Gateway, make_caller: Callable[..., Caller]
+) -> None:
+    caller = make_caller()
+    cases = [
+        ("/v1/chat/completions", chat_body("a\x00b")),
+        ("/v1/chat/completions", {**chat_body("hi"), "max_tokens": True}),
+        ("/v1/embeddings", {"model": "any", "input": ["fine", "a\x00b"]}),
+    ]
+    for path, body in cases:
+        response = client.post(path, json=body, headers=caller.headers)
+        assert response.status_code == 400, (path, body, response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    wrong_method = client.get("/v1/chat/completions", headers=caller.headers)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_lone_surrogate_gets_400(
     client: TestClient, gateway: Gateway, make_caller: Callable[..., Caller]
 ) -> None:

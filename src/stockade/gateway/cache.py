@@ -6,7 +6,8 @@ under RLS, and ``lookup`` filters by it, so one tenant's entry never answers ano
 tenant's request. Answers are stored redacted: two prompts that differ only in, say,
 an e-mail address share an entry, and each caller's own values are restored into it.
 Each answer is sealed under the tenant's data key, bound to the tenant and the cache
-key, so a copy of the table does not give away what the models said.
+key, so a copy of the table does not give away what the models said. Deleting a
+document deletes the answers that cite it (a trigger of migration 0008).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ _LOOKUP = text(
 )
 _STORE = text(
     "insert into gateway_cache (tenant_id, cache_key, model, key_version, answer_sealed,"
-    " expires_at) values (:tenant, :key, :model, :version, :answer, now() + :ttl)"
+    " document_ids, expires_at)"
+    " values (:tenant, :key, :model, :version, :answer, :documents, now() + :ttl)"
     " on conflict (tenant_id, cache_key) do update"
     " set model = excluded.model, key_version = excluded.key_version,"
-    " answer_sealed = excluded.answer_sealed,"
+    " answer_sealed = excluded.answer_sealed, document_ids = excluded.document_ids,"
     " created_at = now(), expires_at = excluded.expires_at"
 )
 _PURGE = text("delete from gateway_cache where tenant_id = :tenant and expires_at <= now()")
@@ -55,6 +57,11 @@ class Entry:
     usage: Usage
     citations: tuple[Mapping[str, Any], ...]
     ttl: timedelta
+
+    def document_ids(self) -> list[uuid.UUID]:
+        """The documents the answer cites, so that deleting one forgets the answer."""
+        ids = {citation.get("document_id") for citation in self.citations}
+        return sorted(uuid.UUID(str(value)) for value in ids if value)
 
     def as_json(self) -> str:
         return json.dumps(
@@ -113,6 +120,7 @@ def store(conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, entry: Entry) 
             "model": entry.model,
             "version": data_key.version,
             "answer": sealed,
+            "documents": entry.document_ids(),
             "ttl": entry.ttl,
         },
     )

@@ -36,6 +36,7 @@ _TYPES = {
     402: "budget_exceeded",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",

@@ -16,11 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     field_validator,
     model_validator,
 )
 
-from stockade.gateway.errors import UnsupportedFeature
+from stockade.gateway.errors import InvalidRequest, UnsupportedFeature
 
 # Bounds that keep one request from tying up the server; far above real chats.
 MAX_MESSAGES = 512
@@ -44,8 +45,10 @@ FORWARDED_PARAMS = (
 
 
 def _no_nul(value: str) -> str:
+    # Called after validation, when a message's text is read, so the error is the
+    # gateway's own 400 rather than a validation error.
     if "\x00" in value:
-        raise ValueError("text must not contain the NUL character")
+        raise InvalidRequest("text must not contain the NUL character", param="messages")
     return value
 
 
@@ -121,8 +124,8 @@ class ChatCompletionRequest(_UnicodeRequest):
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     n: Annotated[int, Field(ge=1)] = 1
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -175,7 +178,8 @@ class EmbeddingRequest(_UnicodeRequest):
             raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs in one request")
         if isinstance(value, list) and not value:
             raise ValueError("input must not be empty")
-        if isinstance(value, str) and "\x00" in value:
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
             raise ValueError("text must not contain the NUL character")
         return value
 

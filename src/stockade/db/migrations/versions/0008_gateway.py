@@ -40,11 +40,27 @@ create table gateway_cache (
     -- The answer as JSON, sealed under the tenant's data key (keys/envelope.py).
     key_version integer not null,
     answer_sealed bytea not null,
+    -- The documents the answer quotes or cites: deleting one forgets the answer.
+    document_ids uuid[] not null default '{}',
     created_at timestamptz not null default now(),
     expires_at timestamptz not null,
     primary key (tenant_id, cache_key)
 );
 create index gateway_cache_expiry on gateway_cache (expires_at);
+create index gateway_cache_documents on gateway_cache using gin (document_ids);
+
+-- Runs as the role that deletes the document, inside its tenant's transaction.
+create function stockade_forget_cached_answers() returns trigger
+    language plpgsql
+    set search_path = public
+    as $$
+begin
+    delete from gateway_cache
+    where tenant_id = old.tenant_id and document_ids @> array[old.id];
+    return old;
+end $$;
+create trigger documents_forget_cached_answers after delete on documents
+    for each row execute function stockade_forget_cached_answers();
 alter table gateway_cache enable row level security;
 alter table gateway_cache force row level security;
 create policy tenant_scope on gateway_cache
