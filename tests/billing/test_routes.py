@@ -41,6 +41,8 @@ def test_auditor_reads_plan_and_usage(
         "llm_calls_per_day": free.llm_calls_per_day,
         "llm_tokens_per_month": free.llm_tokens_per_month,
         "seats": free.seats,
+        "documents": free.documents,
+        "document_bytes": free.document_bytes,
     }
     calls = body["usage"]["llm_calls_today"]
     assert (calls["used"], calls["reserved"]) == (3, 1)

@@ -33,6 +33,8 @@ class Limits(BaseModel):
     llm_calls_per_day: int
     llm_tokens_per_month: int
     seats: int
+    documents: int
+    document_bytes: int
 
 
 class MeterView(BaseModel):
