@@ -159,3 +159,4 @@ def test_sdk_sees_402_with_retry_after(
     assert upstream.calls == free_calls_per_day
     refused = audit_events(runtime, caller.tenant_id, "llm:refused")
     assert [event.data["kind"] for event in refused] == ["llm_call"]
+    assert [event.subject for event in refused] == [CHAT_MODEL]

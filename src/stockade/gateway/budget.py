@@ -143,6 +143,7 @@ def admit(
     scope: Scope,
     token_estimate: int,
     check: Callable[[TenantState], None],
+    model: str | None = None,
 ) -> Admission:
     """Check the tenant's state with ``check``, then reserve one call and ``token_estimate``.
 
@@ -172,6 +173,7 @@ def admit(
                 tenant_id=tenant_id,
                 action="llm:refused",
                 actor_user_id=scope.user_id,
+                subject=model,
                 data={"kind": exc.kind, "retry_after": exc.retry_after},
             )
     if refusal is not None:

@@ -35,7 +35,13 @@ async def create_embeddings(
     estimate = max(1, -(-request.text_size() // 4))
     check = partial(gateway.check_call, request.model, False)
     admission = await run_in_threadpool(
-        budget.admit, gateway.engine, gateway.plans, ctx.admission_scope(), estimate, check
+        budget.admit,
+        gateway.engine,
+        gateway.plans,
+        ctx.admission_scope(),
+        estimate,
+        check,
+        request.model,
     )
     try:
         data, provider = await _embed(gateway, ctx, model, request)

@@ -158,7 +158,13 @@ class Gateway:
 
         check = partial(self.check_call, request.model, retrieve)
         admission = await run_in_threadpool(
-            budget.admit, self.engine, self.plans, ctx.admission_scope(), estimate, check
+            budget.admit,
+            self.engine,
+            self.plans,
+            ctx.admission_scope(),
+            estimate,
+            check,
+            request.model,
         )
         key = cache.cache_key(ctx.tenant_id, request.model, retrieve, chat.messages)
         try:
