@@ -68,6 +68,10 @@ def redact_passages(
     counts: Counter[str] = Counter(chat.counts)
     sources = []
     for index, passage in enumerate(passages, start=1):
+        # NOTE: passages already hold the document's own placeholders, which this second
+        # redaction escapes (<\EMAIL_1>) so that the chat's mapping never restores them
+        # with another value. Titles and passages then show the backslash; giving document
+        # placeholders a namespace of their own would avoid it.
         body = redactor.redact(str(passage.text), start=mapping)
         mapping = body.mapping
         title = redactor.redact(str(passage.title), start=mapping)

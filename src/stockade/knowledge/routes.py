@@ -184,6 +184,9 @@ def search(
 ) -> dict[str, object]:
     """Return the tenant's ``k`` best chunks for ``q``, vector similarity fused with text rank."""
     query = _no_nul_query(q)
+    # NOTE: the query is not redacted, and chunks hold placeholders, so a query for an
+    # e-mail address or a phone number matches no chunk by its words. Matching would need
+    # each document's placeholders resolved at search time, which reveal-only data forbids.
     passages = _knowledge(request).search(principal.scope(), query, k)
     return {"query": query, "k": k, "results": [vars(passage) for passage in passages]}
 
