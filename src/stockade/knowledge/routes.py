@@ -186,7 +186,7 @@ def search(
     query = _no_nul_query(q)
     # NOTE: the query is not redacted, and chunks hold placeholders, so a query for an
     # e-mail address or a phone number matches no chunk by its words. Matching would need
-    # each document's placeholders resolved at search time, which reveal-only data forbids.
+    # a keyed hash of each original value stored beside its placeholder.
     passages = _knowledge(request).search(principal.scope(), query, k)
     return {"query": query, "k": k, "results": [vars(passage) for passage in passages]}
 
