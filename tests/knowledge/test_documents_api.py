@@ -13,7 +13,7 @@ from stockade.knowledge.embedders import HashingEmbedder
 from stockade.knowledge.service import Knowledge, Upload
 from stockade.runtime import Runtime
 from tests.conftest import Factory, Member, bearer
-from tests.knowledge.conftest import _no_job
+from tests.knowledge.conftest import skip_queue
 from tests.knowledge.samples import minimal_pdf
 
 HANDBOOK = (
@@ -270,7 +270,7 @@ def test_delete_while_indexing_stops_quietly(
     created = knowledge.add(
         member.scope(),
         Upload("long", ("\n\n".join([HANDBOOK] * 300)).encode(), "text/plain"),
-        defer=_no_job,
+        defer=skip_queue,
     )
 
     class DeletingEmbedder(HashingEmbedder):
