@@ -337,7 +337,7 @@ def measure_steps(
         key = cache.cache_key(principal.tenant_id, MODEL, False, messages)
         outcome = gateway.outcome(MODEL, answer, messages, key, "An answer.", admission)
         started = time.perf_counter()
-        budget.settle_call(gateway.engine, ctx.record_scope(), admission, outcome)
+        budget.settle_call(gateway.engine, gateway.keys, ctx.record_scope(), admission, outcome)
         settle_times.append((time.perf_counter() - started) * 1000)
 
     async def upstream() -> list[float]:
