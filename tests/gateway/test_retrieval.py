@@ -225,3 +225,49 @@ def test_failed_retrieval_is_503_and_released(
     assert "retrieval" in response.json()["error"]["message"]
     assert "vector index" not in response.text
     assert open_reservations(runtime, caller.tenant_id) == 0
+
+
+def test_document_placeholders_join_the_chat_mapping(
+    client: TestClient,
+    gateway: Gateway,
+    upstream: MockUpstream,
+    knowledge: Knowledge,
+    make_caller: Callable[..., Caller],
+) -> None:
+    admin = make_caller(roles=("admin",))
+    viewer = make_caller(roles=("viewer",), tenant=(admin.tenant_id, admin.member.tenant))
+    add_indexed(
+        knowledge,
+        admin.member,
+        "Contacts for maria.lopez@example.com",
+        "The night desk answers at desk.night@example.org for the fire drill.",
+    )
+    # The caller's own address takes <EMAIL_1>; the document's take the next numbers.
+    question = "I am sam@example.net: who answers at night for the fire drill?"
+
+    provider = client.post(
+        "/v1/chat/completions", json=chat_body(question, model="mock-rag"), headers=admin.headers
+    )
+    sent = upstream.last_request()["messages"][0]["content"]
+    # The extractive model quotes the passage, so its answer shows what restoring does.
+    revealed = client.post(
+        "/v1/chat/completions",
+        json=chat_body(question, model="stockade-rag"),
+        headers=admin.headers,
+    )
+    hidden = client.post(
+        "/v1/chat/completions",
+        json=chat_body(question, model="stockade-rag"),
+        headers=viewer.headers,
+    )
+
+    assert provider.status_code == revealed.status_code == hidden.status_code == 200
+    for value in ("maria.lopez@example.com", "desk.night@example.org", "sam@example.net"):
+        assert value not in sent
+    assert "<\\" not in sent  # no escaped look-alikes: real placeholders only
+    assert "<EMAIL_2>" in sent and "<EMAIL_3>" in sent
+    revealed_text = revealed.json()["choices"][0]["message"]["content"]
+    hidden_text = hidden.json()["choices"][0]["message"]["content"]
+    assert "desk.night@example.org" in revealed_text
+    assert "desk.night@example.org" not in hidden_text
+    assert "<EMAIL_2>" in hidden_text and "<\\" not in hidden_text

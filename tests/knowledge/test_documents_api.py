@@ -56,6 +56,7 @@ def test_upload_is_indexed_in_the_background(
     best = found.json()["results"][0]
     assert "fifth working day" in best["text"]
     assert best["document_id"] == document["id"] and best["title"] == "Handbook"
+    assert "pii" not in best  # placeholders' originals never leave through search
 
 
 def test_personal_data_is_redacted_and_revealed_only_with_permission(

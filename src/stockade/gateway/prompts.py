@@ -9,6 +9,7 @@ and not instructions, so a passage cannot close its own block and speak as the s
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import Counter
 from collections.abc import Sequence
@@ -16,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stockade.gateway.providers import SourcePassage
+from stockade.safety.placeholders import PLACEHOLDER, format_placeholder, parse_placeholder
 from stockade.safety.redaction import Redactor, restore
+
+# Private-use characters around an index: a document placeholder while the passage is
+# redacted again.
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+_MARK = re.compile(_MARK_OPEN + r"(\d+)" + _MARK_CLOSE)
 
 _DATA_INSTRUCTION = (
     "The passages below were retrieved from the tenant's own documents to help answer the"
@@ -62,33 +69,76 @@ def redact_passages(
 ) -> tuple[RedactedChat, list[SourcePassage]]:
     """Redact retrieved passages into the chat's mapping and number them from 1.
 
-    ``passages`` are ``stockade.knowledge.retrieval.Passage`` objects.
+    ``passages`` are ``stockade.knowledge.retrieval.Passage`` objects. Their text was
+    redacted when it was indexed, under the document's own numbering: each document
+    placeholder is renamed into the chat's mapping, so that restoring the answer for a
+    ``pii:reveal`` caller puts back the document's value and never another one.
     """
     mapping = dict(chat.mapping)
     counts: Counter[str] = Counter(chat.counts)
     sources = []
     for index, passage in enumerate(passages, start=1):
-        # NOTE: passages already hold the document's own placeholders, which this second
-        # redaction escapes (<\EMAIL_1>) so that the chat's mapping never restores them
-        # with another value. Titles and passages then show the backslash; giving document
-        # placeholders a namespace of their own would avoid it.
-        body = redactor.redact(str(passage.text), start=mapping)
-        mapping = body.mapping
-        title = redactor.redact(str(passage.title), start=mapping)
-        mapping = title.mapping
-        counts.update(body.counts)
-        counts.update(title.counts)
+        pii = dict(getattr(passage, "pii", {}) or {})
+        body, mapping = _redact_passage_text(redactor, str(passage.text), pii, mapping, counts)
+        title, mapping = _redact_passage_text(redactor, str(passage.title), pii, mapping, counts)
         sources.append(
             SourcePassage(
                 index=index,
                 document_id=str(passage.document_id),
                 chunk_id=str(passage.chunk_id),
-                title=title.text,
-                text=body.text,
+                title=title,
+                text=body,
                 score=float(passage.score),
             )
         )
     return RedactedChat(chat.messages, mapping, dict(counts)), sources
+
+
+def _redact_passage_text(
+    redactor: Redactor,
+    text: str,
+    pii: dict[str, str],
+    mapping: dict[str, str],
+    counts: Counter[str],
+) -> tuple[str, dict[str, str]]:
+    # The document's placeholders become private-use markers first, which the redactor
+    # neither matches nor escapes; its second pass still catches anything indexing missed.
+    hidden: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        if match.group(0) not in pii:
+            return match.group(0)
+        hidden.append(match.group(0))
+        return f"{_MARK_OPEN}{len(hidden) - 1}{_MARK_CLOSE}"
+
+    cleaned = text.replace(_MARK_OPEN, "\ufffd").replace(_MARK_CLOSE, "\ufffd")
+    redacted = redactor.redact(PLACEHOLDER.sub(hide, cleaned), start=mapping)
+    mapping = dict(redacted.mapping)
+    counts.update(redacted.counts)
+
+    def show(match: re.Match[str]) -> str:
+        document_placeholder = hidden[int(match.group(1))]
+        return _chat_placeholder(document_placeholder, pii[document_placeholder], mapping)
+
+    return _MARK.sub(show, redacted.text), mapping
+
+
+def _chat_placeholder(document_placeholder: str, value: str, mapping: dict[str, str]) -> str:
+    """Return the chat's placeholder for ``value``, adding one to ``mapping`` if needed."""
+    parsed = parse_placeholder(document_placeholder)
+    assert parsed is not None  # PLACEHOLDER matched it
+    kind = parsed[0]
+    numbers = []
+    for placeholder, known in mapping.items():
+        found = parse_placeholder(placeholder)
+        if found is None or found[0] != kind:
+            continue
+        if known == value:
+            return placeholder
+        numbers.append(found[1])
+    placeholder = format_placeholder(kind, max(numbers, default=0) + 1)
+    mapping[placeholder] = value
+    return placeholder
 
 
 def assemble(

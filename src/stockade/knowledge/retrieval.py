@@ -10,8 +10,8 @@ cosine similarity and ``ts_rank``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Row, text
@@ -61,6 +61,9 @@ class Passage:
     score: float
     vector_score: float | None
     text_score: float | None
+    # The document's placeholders that occur in ``title`` or ``text``, with their
+    # original values, for callers allowed ``pii:reveal``. Never sent in API answers.
+    pii: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -143,41 +146,51 @@ def _vector_candidates(
 def _passages(
     conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, best: list[_Candidate]
 ) -> list[Passage]:
-    titles = _titles(conn, keys, tenant_id, {item.row.document_id for item in best})
+    documents = _documents(conn, keys, tenant_id, {item.row.document_id for item in best})
     passages = []
     for item in best:
         row = item.row
         key = keys.version(conn, tenant_id, row.key_version)
+        title, pii = documents.get(row.document_id, ("", {}))
+        body = store.open_chunk(key, row.id, row.body_sealed)
         passages.append(
             Passage(
                 document_id=row.document_id,
                 chunk_id=row.id,
                 ordinal=row.ordinal,
-                title=titles.get(row.document_id, ""),
-                text=store.open_chunk(key, row.id, row.body_sealed),
+                title=title,
+                text=body,
                 score=round(item.fused(), 6),
                 vector_score=item.similarity,
                 text_score=item.text_score,
+                pii={
+                    placeholder: value
+                    for placeholder, value in pii.items()
+                    if placeholder in body or placeholder in title
+                },
             )
         )
     return passages
 
 
-def _titles(
+def _documents(
     conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, document_ids: set[uuid.UUID]
-) -> dict[uuid.UUID, str]:
+) -> dict[uuid.UUID, tuple[str, dict[str, str]]]:
+    """Open each document's title and placeholder mapping."""
     if not document_ids:
         return {}
     rows = conn.execute(
         text(
-            "select id, key_version, title_sealed from documents"
+            "select id, key_version, title_sealed, pii_sealed from documents"
             " where tenant_id = :tenant_id and id = any(:ids)"
         ),
         {"tenant_id": tenant_id, "ids": list(document_ids)},
     ).all()
-    return {
-        row.id: store.open_title(
-            keys.version(conn, tenant_id, row.key_version), row.id, row.title_sealed
+    found = {}
+    for row in rows:
+        key = keys.version(conn, tenant_id, row.key_version)
+        found[row.id] = (
+            store.open_title(key, row.id, row.title_sealed),
+            store.open_pii(key, row.id, row.pii_sealed),
         )
-        for row in rows
-    }
+    return found

@@ -188,7 +188,11 @@ def search(
     # e-mail address or a phone number matches no chunk by its words. Matching would need
     # a keyed hash of each original value stored beside its placeholder.
     passages = _knowledge(request).search(principal.scope(), query, k)
-    return {"query": query, "k": k, "results": [vars(passage) for passage in passages]}
+    results = [
+        {name: value for name, value in vars(passage).items() if name != "pii"}
+        for passage in passages
+    ]
+    return {"query": query, "k": k, "results": results}
 
 
 def _no_nul_query(value: str) -> str:

@@ -135,7 +135,7 @@ def get_document(
     body_sealed = fields["body_sealed"]
     # No text before the indexing job has extracted it.
     body = _open(key, document_id, "body", body_sealed) if body_sealed else ""
-    mapping = _open_pii(key, document_id, fields["pii_sealed"])
+    mapping = open_pii(key, document_id, fields["pii_sealed"])
     return _public(fields, _title(conn, keys, tenant_id, fields)), body, mapping
 
 
@@ -166,7 +166,7 @@ def claim_for_indexing(
         media_type=row.media_type,
         upload=upload,
         body=_open(key, document_id, "body", row.body_sealed) if row.body_sealed else None,
-        pii=_open_pii(key, document_id, row.pii_sealed),
+        pii=open_pii(key, document_id, row.pii_sealed),
     )
 
 
@@ -279,7 +279,7 @@ def _seal_pii(key: DataKey, document_id: uuid.UUID, pii: dict[str, str]) -> byte
     return _seal(key, document_id, "pii", json.dumps(pii)) if pii else None
 
 
-def _open_pii(key: DataKey, document_id: uuid.UUID, sealed: bytes | None) -> dict[str, str]:
+def open_pii(key: DataKey, document_id: uuid.UUID, sealed: bytes | None) -> dict[str, str]:
     if not sealed:
         return {}
     mapping: dict[str, str] = json.loads(_open(key, document_id, "pii", sealed))

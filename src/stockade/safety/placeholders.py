@@ -20,6 +20,8 @@ from stockade.safety.spans import ENTITY_TYPES
 # than the placeholders this module writes, so a type added later is escaped already.
 _LOOKALIKE = re.compile(r"<(\\*)([A-Z]+(?:_[A-Z]+)*_\d+)>")
 _PLACEHOLDER = re.compile(r"<(" + "|".join(ENTITY_TYPES) + r")_([1-9]\d*)>")
+# The placeholders that redaction writes (escaped look-alikes do not match).
+PLACEHOLDER = _PLACEHOLDER
 
 
 def format_placeholder(entity_type: str, number: int) -> str:
