@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from stockade.db import Scope, scoped_transaction
@@ -156,6 +158,13 @@ def make_caller(factory: Factory) -> Callable[..., Caller]:
 
 def chat_body(question: str, model: str = CHAT_MODEL, **fields: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": question}], **fields}
+
+
+def ask(client: TestClient, caller: Caller, question: str, **fields: Any) -> httpx.Response:
+    """Send one user message to ``/v1/chat/completions`` as ``caller``."""
+    return client.post(
+        "/v1/chat/completions", json=chat_body(question, **fields), headers=caller.headers
+    )
 
 
 def _usage_reader(runtime: Runtime, tenant_id: uuid.UUID) -> Any:

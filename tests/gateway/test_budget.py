@@ -24,6 +24,7 @@ from stockade.runtime import Runtime
 from stockade.web.app import create_app
 from tests.gateway.conftest import (
     Caller,
+    ask,
     chat_body,
     gateway_document,
     ledger_rows,
@@ -221,11 +222,7 @@ def test_max_tokens_beyond_plan_is_400(
     caller = make_caller()
     monthly = runtime.plans.by_name("free").llm_tokens_per_month
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("hi", max_tokens=monthly),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "hi", max_tokens=monthly)
 
     # No month's window could hold it, so waiting would not help: 400, not 402.
     assert response.status_code == 400
@@ -249,7 +246,7 @@ def test_failed_call_releases_budget(
     caller = make_caller()
     upstream.mode = "error"
 
-    response = client.post("/v1/chat/completions", json=chat_body("hi"), headers=caller.headers)
+    response = ask(client, caller, "hi")
 
     assert response.status_code == 503
     assert ledger_rows(runtime, caller.tenant_id, "llm_call") == []

@@ -14,7 +14,7 @@ from stockade.gateway import control
 from stockade.gateway.service import Gateway
 from stockade.knowledge.service import Knowledge
 from stockade.runtime import Runtime
-from tests.gateway.conftest import Caller, chat_body, ledger_rows
+from tests.gateway.conftest import Caller, ask, ledger_rows
 from tests.gateway.upstream import ECHO_PREFIX, MockUpstream
 from tests.knowledge.conftest import add_indexed
 
@@ -35,9 +35,7 @@ def forced_outage(runtime: Runtime) -> Iterator[Callable[[], None]]:
 def _ask(
     client: TestClient, caller: Caller, question: str = QUESTION, **fields: object
 ) -> httpx.Response:
-    return client.post(
-        "/v1/chat/completions", json=chat_body(question, **fields), headers=caller.headers
-    )
+    return ask(client, caller, question, **fields)
 
 
 def test_forced_outage_serves_cached_answer(

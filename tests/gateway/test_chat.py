@@ -18,6 +18,7 @@ from stockade.runtime import Runtime
 from tests.gateway.conftest import (
     CHAT_MODEL,
     Caller,
+    ask,
     audit_events,
     chat_body,
     gateway_document,
@@ -36,11 +37,7 @@ def test_completion_answers_and_settles(
 ) -> None:
     caller = make_caller()
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("what is a stockade", max_tokens=50),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "what is a stockade", max_tokens=50)
 
     assert response.status_code == 200
     body = response.json()
@@ -83,7 +80,7 @@ def test_trace_id_defaults_to_request_id(
 ) -> None:
     caller = make_caller()
 
-    response = client.post("/v1/chat/completions", json=chat_body("hi"), headers=caller.headers)
+    response = ask(client, caller, "hi")
 
     events = audit_events(runtime, caller.tenant_id)
     assert events[0].trace_id == response.headers["x-request-id"]
@@ -97,9 +94,7 @@ def test_logs_carry_ids_not_prompt(
     stream = io.StringIO()
     configure_logging(json=True, stream=stream)
     try:
-        response = client.post(
-            "/v1/chat/completions", json=chat_body(secret_question), headers=caller.headers
-        )
+        response = ask(client, caller, secret_question)
     finally:
         configure_logging(json=False)
 
@@ -128,7 +123,7 @@ def test_role_without_llm_invoke_gets_403(
 ) -> None:
     auditor = make_caller(roles=("auditor",))
 
-    response = client.post("/v1/chat/completions", json=chat_body("hi"), headers=auditor.headers)
+    response = ask(client, auditor, "hi")
 
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_error"
@@ -140,11 +135,7 @@ def test_unknown_model_gets_404(
 ) -> None:
     caller = make_caller()
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("hi", model="gpt-nonexistent"),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "hi", model="gpt-nonexistent")
 
     assert response.status_code == 404
     error = response.json()["error"]
@@ -231,12 +222,8 @@ def test_unsupported_fields_refused_and_released(
     caller = make_caller()
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
 
-    with_tools = client.post(
-        "/v1/chat/completions", json=chat_body("hi", tools=tools), headers=caller.headers
-    )
-    two_choices = client.post(
-        "/v1/chat/completions", json=chat_body("hi", n=2), headers=caller.headers
-    )
+    with_tools = ask(client, caller, "hi", tools=tools)
+    two_choices = ask(client, caller, "hi", n=2)
 
     assert with_tools.status_code == 400
     assert with_tools.json()["error"]["param"] == "tools"
@@ -263,7 +250,7 @@ def test_tenant_allow_list_limits_models(
         sample_percent=0,
     )
 
-    refused = client.post("/v1/chat/completions", json=chat_body("hi"), headers=caller.headers)
+    refused = ask(client, caller, "hi")
     listed = client.get("/v1/models", headers=caller.headers)
 
     assert refused.status_code == 403
@@ -284,11 +271,7 @@ def test_default_allow_list_from_file(
     caller = make_caller()
 
     listed = client.get("/v1/models", headers=caller.headers)
-    refused = client.post(
-        "/v1/chat/completions",
-        json=chat_body("hi", model="stockade-extractive"),
-        headers=caller.headers,
-    )
+    refused = ask(client, caller, "hi", model="stockade-extractive")
 
     assert [model["id"] for model in listed.json()["data"]] == ["mock-chat"]
     assert refused.status_code == 403
@@ -304,7 +287,7 @@ def test_provider_rejection_is_400(
     caller = make_caller()
     upstream.mode = "reject"
 
-    response = client.post("/v1/chat/completions", json=chat_body("hi"), headers=caller.headers)
+    response = ask(client, caller, "hi")
 
     assert response.status_code == 400
     error = response.json()["error"]
@@ -338,11 +321,7 @@ def test_sampling_only_with_consent(
     )
 
     for caller in (consenting, silent):
-        response = client.post(
-            "/v1/chat/completions",
-            json=chat_body("write to jane@example.com"),
-            headers=caller.headers,
-        )
+        response = ask(client, caller, "write to jane@example.com")
         assert response.status_code == 200
 
     samples = {}

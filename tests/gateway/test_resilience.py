@@ -17,6 +17,7 @@ from tests.gateway.conftest import (
     CHAIN_MODEL,
     CHAT_MODEL,
     Caller,
+    ask,
     chat_body,
     gateway_document,
     ledger_rows,
@@ -44,11 +45,7 @@ def test_failing_primary_falls_back(
     caller = make_caller()
     upstream.mode = mode
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("still there?", model=CHAIN_MODEL),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "still there?", model=CHAIN_MODEL)
 
     assert response.status_code == 200
     body = response.json()
@@ -73,7 +70,7 @@ def test_failing_only_provider_gives_clear_503(
     upstream.mode = mode
     started = time.monotonic()
 
-    response = client.post("/v1/chat/completions", json=chat_body("hello?"), headers=caller.headers)
+    response = ask(client, caller, "hello?")
 
     assert response.status_code == 503
     assert time.monotonic() - started < 10
@@ -91,9 +88,7 @@ def test_failing_stream_gets_503(
     caller = make_caller()
     upstream.mode = "error"
 
-    response = client.post(
-        "/v1/chat/completions", json=chat_body("hi", stream=True), headers=caller.headers
-    )
+    response = ask(client, caller, "hi", stream=True)
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "upstream_unavailable"
@@ -142,13 +137,9 @@ def test_breaker_opens_and_skips_provider(
     caller = make_caller()
     upstream.mode = "error"
 
-    first = client.post(
-        "/v1/chat/completions", json=chat_body("a", model=CHAIN_MODEL), headers=caller.headers
-    )
+    first = ask(client, caller, "a", model=CHAIN_MODEL)
     calls_when_opened = upstream.calls
-    second = client.post(
-        "/v1/chat/completions", json=chat_body("b", model=CHAIN_MODEL), headers=caller.headers
-    )
+    second = ask(client, caller, "b", model=CHAIN_MODEL)
 
     assert first.json()["stockade"]["provider"] == "backup"
     assert gateway.upstreams["primary"].breaker.state is BreakerState.OPEN
@@ -210,7 +201,7 @@ def test_missing_upstream_key_is_a_provider_failure(
     install_gateway(parse_gateway_config(document, "t"))
     caller = make_caller()
 
-    response = client.post("/v1/chat/completions", json=chat_body("hi"), headers=caller.headers)
+    response = ask(client, caller, "hi")
 
     assert response.status_code == 503
     assert "gateway-never-stored" not in response.text

@@ -16,8 +16,8 @@ from stockade.runtime import Runtime
 from tests.gateway.conftest import (
     CHAT_MODEL,
     Caller,
+    ask,
     audit_events,
-    chat_body,
     open_reservations,
 )
 from tests.gateway.upstream import MockUpstream
@@ -49,11 +49,7 @@ def test_rag_alias_answers_extractively_with_citations(
     document_id = add_indexed(knowledge, caller.member, "Fire drill", DRILL)
     add_indexed(knowledge, other.member, "Their drill", OTHER_TENANT)
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("Where does the fire drill start?", model="stockade-rag"),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "Where does the fire drill start?", model="stockade-rag")
 
     assert response.status_code == 200
     body = response.json()
@@ -72,11 +68,7 @@ def test_extractive_without_documents_says_so(
 ) -> None:
     caller = _contributor(make_caller)
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("anything?", model="stockade-rag"),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "anything?", model="stockade-rag")
 
     assert response.json()["choices"][0]["message"]["content"] == NO_PASSAGES
     assert response.json()["stockade"]["citations"] == []
@@ -127,11 +119,7 @@ def test_model_alias_switches_retrieval_on(
     caller = _contributor(make_caller)
     add_indexed(knowledge, caller.member, "Fire drill", DRILL)
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("where is the fire drill?", model="mock-rag"),
-        headers=caller.headers,
-    )
+    response = ask(client, caller, "where is the fire drill?", model="mock-rag")
 
     assert response.status_code == 200
     assert response.json()["model"] == "mock-rag"
@@ -149,9 +137,9 @@ def test_provider_sees_placeholders_only(
     viewer = make_caller(roles=("viewer",), tenant=(admin.tenant_id, admin.member.tenant))
     question = "Mail jane.doe@example.com and call +1 202 555 0143 about card 4111 1111 1111 1111"
 
-    revealed = client.post("/v1/chat/completions", json=chat_body(question), headers=admin.headers)
+    revealed = ask(client, admin, question)
     sent = upstream.last_request()["messages"][0]["content"]
-    hidden = client.post("/v1/chat/completions", json=chat_body(question), headers=viewer.headers)
+    hidden = ask(client, viewer, question)
 
     assert sent == "Mail <EMAIL_1> and call <PHONE_1> about card <CARD_1>"
     assert revealed.json()["choices"][0]["message"]["content"] == f"Echo: {question}"
@@ -168,11 +156,7 @@ def test_streamed_answer_restored_for_reveal(
 ) -> None:
     admin = make_caller(roles=("admin",))
 
-    response = client.post(
-        "/v1/chat/completions",
-        json=chat_body("ping ops@example.com now", stream=True),
-        headers=admin.headers,
-    )
+    response = ask(client, admin, "ping ops@example.com now", stream=True)
 
     assert "ops@example.com" in response.text
     assert "<EMAIL_1>" not in response.text
@@ -213,11 +197,7 @@ def test_failed_retrieval_is_503_and_released(
     working = app.state.knowledge
     app.state.knowledge = _BrokenKnowledge()
     try:
-        response = client.post(
-            "/v1/chat/completions",
-            json=chat_body("where is the fire drill?", model="stockade-rag"),
-            headers=caller.headers,
-        )
+        response = ask(client, caller, "where is the fire drill?", model="stockade-rag")
     finally:
         app.state.knowledge = working
 
@@ -245,21 +225,11 @@ def test_document_placeholders_join_the_chat_mapping(
     # The caller's own address takes <EMAIL_1>; the document's take the next numbers.
     question = "I am sam@example.net: who answers at night for the fire drill?"
 
-    provider = client.post(
-        "/v1/chat/completions", json=chat_body(question, model="mock-rag"), headers=admin.headers
-    )
+    provider = ask(client, admin, question, model="mock-rag")
     sent = upstream.last_request()["messages"][0]["content"]
     # The extractive model quotes the passage, so its answer shows what restoring does.
-    revealed = client.post(
-        "/v1/chat/completions",
-        json=chat_body(question, model="stockade-rag"),
-        headers=admin.headers,
-    )
-    hidden = client.post(
-        "/v1/chat/completions",
-        json=chat_body(question, model="stockade-rag"),
-        headers=viewer.headers,
-    )
+    revealed = ask(client, admin, question, model="stockade-rag")
+    hidden = ask(client, viewer, question, model="stockade-rag")
 
     assert provider.status_code == revealed.status_code == hidden.status_code == 200
     for value in ("maria.lopez@example.com", "desk.night@example.org", "sam@example.net"):

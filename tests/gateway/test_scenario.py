@@ -27,7 +27,7 @@ from stockade.keys import Secret
 from stockade.runtime import Runtime
 from tests.billing.payments.conftest import UNREACHABLE_STRIPE, plan_of, post_stripe
 from tests.billing.payments.events import new_ids, stripe_event
-from tests.gateway.conftest import Caller, chat_body, ledger_rows
+from tests.gateway.conftest import Caller, ask, ledger_rows
 from tests.gateway.upstream import MockUpstream
 
 
@@ -83,15 +83,11 @@ def test_downgrade_caps_calls_and_outage_uses_cache(
 
     free_calls = runtime.plans.by_name("free").llm_calls_per_day
     for index in range(free_calls):
-        answered = client.post(
-            "/v1/chat/completions", json=chat_body(f"question {index}"), headers=caller.headers
-        )
+        answered = ask(client, caller, f"question {index}")
         assert answered.status_code == 200, answered.text
 
     upstream.mode = "error"
-    during_outage = client.post(
-        "/v1/chat/completions", json=chat_body("question 7"), headers=caller.headers
-    )
+    during_outage = ask(client, caller, "question 7")
     assert during_outage.status_code == 200
     assert during_outage.headers["Stockade-Fallback"] == "cache"
     assert during_outage.json()["choices"][0]["message"]["content"] == "Echo: question 7"
@@ -103,9 +99,7 @@ def test_downgrade_caps_calls_and_outage_uses_cache(
     apply_webhooks()
     assert plan_of(runtime, caller.tenant_id) == "free"
 
-    capped = client.post(
-        "/v1/chat/completions", json=chat_body("question 8"), headers=caller.headers
-    )
+    capped = ask(client, caller, "question 8")
     now = datetime.now(UTC)
     midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     assert capped.status_code == 402
