@@ -337,4 +337,5 @@ def test_sampling_only_with_consent(
     with scoped_transaction(runtime.db.app, auditor) as conn:
         stored = conn.execute(text("select t::text from gateway_samples as t")).scalars().all()
     assert len(stored) == 1
-    assert "EMAIL_1" not in stored[0] and "write to" not in stored[0]
+    assert "EMAIL_1" not in stored[0]
+    assert "write to" not in stored[0]

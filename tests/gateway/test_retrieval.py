@@ -235,9 +235,11 @@ def test_document_placeholders_join_the_chat_mapping(
     for value in ("maria.lopez@example.com", "desk.night@example.org", "sam@example.net"):
         assert value not in sent
     assert "<\\" not in sent  # no escaped look-alikes: real placeholders only
-    assert "<EMAIL_2>" in sent and "<EMAIL_3>" in sent
+    assert "<EMAIL_2>" in sent
+    assert "<EMAIL_3>" in sent
     revealed_text = revealed.json()["choices"][0]["message"]["content"]
     hidden_text = hidden.json()["choices"][0]["message"]["content"]
     assert "desk.night@example.org" in revealed_text
     assert "desk.night@example.org" not in hidden_text
-    assert "<EMAIL_2>" in hidden_text and "<\\" not in hidden_text
+    assert "<EMAIL_2>" in hidden_text
+    assert "<\\" not in hidden_text

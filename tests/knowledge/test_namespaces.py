@@ -102,7 +102,8 @@ def test_missing_tenant_setting_returns_nothing(
             {"v": vector},
         ).all()
         documents = conn.execute(text("select count(*) from documents")).scalar_one()
-    assert rows == [] and documents == 0
+    assert rows == []
+    assert documents == 0
     with pytest.raises(ValueError, match="tenant"):
         knowledge.search(unscoped, "drill", 5)
 

@@ -30,7 +30,7 @@ words = st.text(alphabet="abcdefghij ", min_size=1, max_size=30)
 
 
 @given(st.lists(words, min_size=1, max_size=40))
-def test_chunks_keep_every_word_and_stay_near_the_target(paragraphs: list[str]) -> None:
+def test_chunks_keep_every_word(paragraphs: list[str]) -> None:
     text = "\n\n".join(paragraphs)
     chunks = chunk_text(text, target=120)
     assert all(len(chunk) <= 120 for chunk in chunks)
@@ -65,7 +65,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
-def test_hashing_embedder_gives_unit_vectors_that_follow_shared_words() -> None:
+def test_hashing_embedder_follows_shared_words() -> None:
     embedder = HashingEmbedder()
     refund, refunds, parking, empty = embedder.embed(
         [
@@ -83,7 +83,7 @@ def test_hashing_embedder_gives_unit_vectors_that_follow_shared_words() -> None:
 
 
 class _Embeddings(BaseHTTPRequestHandler):
-    """An OpenAI-compatible /v1/embeddings endpoint; the test sets what it answers."""
+    """An OpenAI-compatible /v1/embeddings endpoint whose response each test sets."""
 
     answer: Any = None
     status = 200
@@ -130,7 +130,8 @@ def test_openai_embedder_speaks_the_protocol(upstream: str, tmp_path: Any) -> No
     embedder = OpenAIEmbedder(upstream, "text-embedding-3-small", keystore)
 
     first, second = embedder.embed(["one", "two"])
-    assert math.isclose(first[0], 1 / math.sqrt(DIMENSIONS)) and first == second  # unit length
+    assert math.isclose(first[0], 1 / math.sqrt(DIMENSIONS))  # unit length
+    assert first == second
     request = _Embeddings.seen[0]
     assert request["auth"] == "Bearer sk-test-embeddings"
     assert request["body"] == {

@@ -28,7 +28,9 @@ class Switch(enum.StrEnum):
 @gateway_app.command("outage")
 @clear_errors
 def gateway_outage(
-    state: Annotated[Switch, typer.Argument(help="on: answer only from the cache; off: normal")],
+    state: Annotated[
+        Switch, typer.Argument(help="on: serve only cached answers; off: call the providers again")
+    ],
     data_dir: DataDir = None,
 ) -> None:
     """Force every gateway process to answer from its cache, as in a provider outage."""

@@ -293,7 +293,7 @@ class Sample:
 def read_samples(
     conn: Connection, keys: DataKeys, tenant_id: uuid.UUID, *, limit: int = 100
 ) -> list[Sample]:
-    """The tenant's sampled prompts and outputs, oldest first; needs ``audit:read``."""
+    """Return the tenant's sampled prompts and outputs, oldest first (needs ``audit:read``)."""
     samples = []
     for row in conn.execute(_READ_SAMPLES, {"tenant": tenant_id, "limit": limit}):
         data_key = keys.version(conn, tenant_id, row.key_version)

@@ -150,8 +150,8 @@ def assemble(
     boundary = secrets.token_hex(8)
     blocks = [_DATA_INSTRUCTION.format(boundary=boundary)]
     for passage in passages:
-        # The boundary is random per request, so text cannot contain it by chance; a
-        # passage that does is cut at it rather than let close its block.
+        # The boundary is random per request, so text cannot contain it by chance. A
+        # passage that does contain it loses it, so it cannot close its own block.
         body = passage.text.replace(boundary, "")
         title = passage.title.replace(boundary, "")
         blocks.append(

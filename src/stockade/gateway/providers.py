@@ -120,8 +120,8 @@ class Provider(Protocol):
 def estimate_tokens(text: str) -> int:
     """Estimate the tokens of ``text``: one per 4 bytes of UTF-8, rounded up.
 
-    NOTE: an estimate. English text runs near 4 bytes a token in OpenAI's tokenizers;
-    other tokenizers and languages differ, so the reservation is settled with the
+    NOTE: an estimate. English text runs near 4 bytes a token in OpenAI's tokenizers.
+    Other tokenizers and languages differ, so the reservation is settled with the
     provider's own count whenever it reports one.
     """
     return math.ceil(len(text.encode("utf-8")) / 4)

@@ -2,7 +2,7 @@
 
 Each attempt has a connect and a read timeout; the read timeout also bounds the gap
 between two chunks of a stream. Timeouts, refused connections, HTTP 429 and 5xx are
-retried up to ``max_retries`` times with jittered delays; a 200 whose body is not a
+retried up to ``max_retries`` times with jittered delays. A 200 whose body is not a
 chat completion fails at once. Every failed attempt counts against the circuit breaker.
 A 400, 404 or 422 means the request itself is wrong, so it goes back to the caller
 instead of to the next upstream.
@@ -96,7 +96,9 @@ class OpenAIUpstream:
             try:
                 return parse(response.json())
             except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise Garbled(f"the response is not a valid answer ({type(exc).__name__})") from exc
+                raise Garbled(
+                    f"the response is not a valid chat completion ({type(exc).__name__})"
+                ) from exc
 
         return await self._attempts(lambda: self._send(path, body, headers, stream=False), read)
 
